@@ -1,0 +1,61 @@
+"""A torch Dataset over :class:`Record` lists: loads images and returns training tuples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from reidlab.datasets.base import Record
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as RGB, fully decoded.
+
+    Raises:
+        OSError: naming the file when it is missing, truncated or not an image; a broken
+            file never becomes a silent blank image.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
+
+
+class ReIDImageDataset(Dataset):
+    """Images of ``records``; item ``i`` is ``(image, pid, camid, i)``.
+
+    The dataset index ``i`` travels with every sample so that features gathered
+    across ranks (and padded by distributed samplers) can be put back in order.
+
+    Args:
+        records: the samples.
+        transform: applied to the PIL image (e.g. :func:`reidlab.datamodules.transforms.build_transforms`).
+        pids: optional per-record ids overriding ``record.pid`` (pseudo-labels).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: Callable[[Image.Image], Any] | None = None,
+        pids: Sequence[int] | None = None,
+    ) -> None:
+        if pids is not None and len(pids) != len(records):
+            raise ValueError(f"got {len(pids)} pids for {len(records)} records")
+        self.records = list(records)
+        self.transform = transform
+        self.pids = None if pids is None else [int(p) for p in pids]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int, int]:
+        record = self.records[index]
+        img = read_image(record.path)
+        if self.transform is not None:
+            img = self.transform(img)
+        pid = record.pid if self.pids is None else self.pids[index]
+        return img, pid, record.camid, index
