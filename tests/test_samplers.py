@@ -8,6 +8,7 @@ from reidlab.datamodules.samplers import (
     PerCameraBatchSampler,
     PKBatchSampler,
     RandomBatchSampler,
+    ShardSampler,
 )
 
 
@@ -144,3 +145,9 @@ def test_random_batches_one_pass_and_ranks():
 def test_invalid_rank():
     with pytest.raises(ValueError, match="rank 2"):
         RandomBatchSampler(np.arange(4), 2, num_replicas=2, rank=2)
+
+
+def test_shard_sampler_covers_every_sample_once():
+    shards = [list(ShardSampler(11, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 3]
+    assert sorted(sum(shards, [])) == list(range(11))

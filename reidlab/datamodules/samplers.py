@@ -4,8 +4,8 @@ Every sampler here yields whole batches (lists of dataset indices) and is aware 
 distributed training itself: all ranks build the same global list of batches from a
 shared seed and the epoch number, and rank ``r`` takes batches ``r, r + W, r + 2W, ...``.
 So the identity groups of one epoch are split across ranks without overlap, every rank
-sees the same number of batches (no DDP hang), and :meth:`set_epoch` (called by
-Lightning at every epoch) reshuffles. Use them with ``Trainer(use_distributed_sampler=False)``.
+sees the same number of batches (no DDP hang), and ``set_epoch`` reshuffles (Lightning
+calls it at every epoch through the ``sampler`` attribute). Use them with ``Trainer(use_distributed_sampler=False)``.
 
 - :class:`PKBatchSampler`: P identities x K images (Hermans et al. 2017, batch-hard triplet).
 - :class:`CameraAwarePKBatchSampler`: same, with the K-1 companions of each anchor drawn
@@ -50,8 +50,14 @@ class _RankAwareBatchSampler(Sampler[list[int]]):
         self._num_batches = num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch`` (Lightning calls this at the start of every epoch)."""
+        """Reshuffle for ``epoch``."""
         self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> _RankAwareBatchSampler:
+        """Lightning calls ``loader.batch_sampler.sampler.set_epoch(epoch)`` at the start of
+        every epoch (also after a resume or a loader reload): route that call here."""
+        return self
 
     def _default_num_batches(self) -> int:
         """Batches per epoch over all ranks when ``num_batches`` is not given."""
@@ -270,3 +276,23 @@ class RandomBatchSampler(_RankAwareBatchSampler):
         passes = -(-count * self.batch_size // self.indices.size)
         order = np.concatenate([rng.permutation(self.indices) for _ in range(passes)])
         return order[: count * self.batch_size].reshape(count, self.batch_size).tolist()
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + W, rank + 2W, ...`` of ``range(num_samples)``, in order.
+
+    For evaluation under DDP: unlike ``DistributedSampler`` it never pads ranks with
+    repeated samples, so every sample is seen exactly once over all ranks (per-rank counts
+    may differ by one; state gathered with ``dist_reduce_fx="cat"`` handles that).
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        self.num_samples = int(num_samples)
+        self.num_replicas, self.rank = _world(num_replicas, rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_samples, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.num_replicas))

@@ -1,0 +1,17 @@
+"""LightningDataModules, samplers and transforms."""
+
+from reidlab.datamodules.cross_domain import CrossDomainDataModule
+from reidlab.datamodules.reid import ReIDDataModule
+from reidlab.datamodules.samplers import (
+    CameraAwarePKBatchSampler,
+    PerCameraBatchSampler,
+    PKBatchSampler,
+    RandomBatchSampler,
+    ShardSampler,
+)
+from reidlab.datamodules.transforms import build_transforms
+
+__all__ = [
+    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "PKBatchSampler",
+    "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler", "build_transforms",
+]

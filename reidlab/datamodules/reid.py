@@ -1,0 +1,177 @@
+"""The single-domain (supervised) re-ID DataModule and the loader machinery it shares
+with the cross-domain one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from reidlab.datamodules.samplers import (
+    CameraAwarePKBatchSampler,
+    PKBatchSampler,
+    RandomBatchSampler,
+    ShardSampler,
+)
+from reidlab.datamodules.transforms import build_transforms
+from reidlab.datasets import Record, ReIDDataset, ReIDImageDataset, build_dataset
+
+TRAIN_SAMPLERS = ("pk", "camera_pk", "random")
+
+
+class ReIDDataModuleBase(pl.LightningDataModule):
+    """Transforms, samplers and loaders shared by the re-ID DataModules.
+
+    Subclasses define :attr:`eval_data` (evaluated by validation / test / predict) and
+    ``train_dataloader``. Evaluation iterates over ``query + gallery`` in that order:
+    sample indices refer to :attr:`eval_records` and the first :attr:`num_query` are
+    queries. Samplers split work across ranks themselves: train with
+    ``Trainer(use_distributed_sampler=False)``.
+    """
+
+    def __init__(self, height: int, width: int, flip_p: float, padding: int,
+                 erasing_p: float) -> None:
+        super().__init__()
+        self.train_transform = build_transforms(height, width, train=True, flip_p=flip_p,
+                                                padding=padding, erasing_p=erasing_p)
+        self.test_transform = build_transforms(height, width, train=False)
+
+    @staticmethod
+    def build(name: str, root: str | None, kwargs: dict[str, Any] | None) -> ReIDDataset:
+        return build_dataset(name, root, **(kwargs or {}))
+
+    @property
+    def eval_data(self) -> ReIDDataset:
+        raise NotImplementedError
+
+    @property
+    def eval_records(self) -> list[Record]:
+        return self.eval_data.query + self.eval_data.gallery
+
+    @property
+    def num_query(self) -> int:
+        return len(self.eval_data.query)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def _loader(self, dataset, batch_sampler) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=batch_sampler,
+                          num_workers=self.hparams.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+    def _train_sampler(self, records: Sequence[Record], pids: Sequence[int], kind: str,
+                       num_ids: int, num_instances: int, seed: int):
+        """A rank-aware identity sampler; ``random`` draws the samples with pid >= 0."""
+        world, rank = self._world()
+        common = dict(num_batches=self.hparams.iters_per_epoch, seed=seed,
+                      num_replicas=world, rank=rank)
+        if kind == "random":
+            return RandomBatchSampler(np.flatnonzero(np.asarray(pids) >= 0),
+                                      num_ids * num_instances, **common)
+        if kind == "camera_pk":
+            return CameraAwarePKBatchSampler(pids, [r.camid for r in records], num_ids=num_ids,
+                                             num_instances=num_instances, **common)
+        return PKBatchSampler(pids, num_ids=num_ids, num_instances=num_instances, **common)
+
+    def labelled_train_dataloader(self, records: Sequence[Record]) -> DataLoader:
+        """Training loader over labelled ``records`` with the configured sampler."""
+        hp = self.hparams
+        sampler = self._train_sampler(records, [r.pid for r in records], hp.sampler,
+                                      hp.num_ids, hp.num_instances, hp.seed)
+        return self._loader(ReIDImageDataset(records, self.train_transform), sampler)
+
+    def eval_dataloader(self, records: Sequence[Record]) -> DataLoader:
+        """Ordered loader with the test transform, sharded across ranks under DDP.
+
+        Every sample is seen once over all ranks (no padding); samples carry their index.
+        """
+        dataset = ReIDImageDataset(records, self.test_transform)
+        world, rank = self._world()
+        sampler = ShardSampler(len(dataset), world, rank) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                          num_workers=self.hparams.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.eval_records)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.eval_records)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.eval_records)
+
+
+class ReIDDataModule(ReIDDataModuleBase):
+    """One re-ID domain: identity-batched training, query + gallery evaluation.
+
+    Training batches are ``(images, pids, camids, indices)`` with P x K identity sampling.
+
+    Args:
+        dataset: a registered name (``market1501``, ``dukemtmcreid``, ``msmt17``,
+            ``cuhk03np``, ``custom``) or ``synthetic:<domain>``.
+        root: the dataset's top folder or its parent (synthetic: cache folder, optional).
+        dataset_kwargs: extra parser arguments (``variant``, ``combine_val``, synthetic sizes).
+        height: image height.
+        width: image width.
+        num_ids: P, identities per training batch (per device).
+        num_instances: K, images per identity.
+        sampler: ``pk``, ``camera_pk`` (companions from other cameras) or ``random``.
+        iters_per_epoch: training batches per device and epoch (default: one pass).
+        eval_batch_size: batch size of evaluation loaders.
+        num_workers: loader worker processes.
+        seed: sampler seed, shared by all ranks.
+        flip_p: train-time horizontal flip probability.
+        padding: train-time padding before the random crop.
+        erasing_p: train-time random erasing probability.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic:mall",
+        root: str | None = None,
+        dataset_kwargs: dict[str, Any] | None = None,
+        height: int = 256,
+        width: int = 128,
+        num_ids: int = 16,
+        num_instances: int = 4,
+        sampler: str = "pk",
+        iters_per_epoch: int | None = None,
+        eval_batch_size: int = 128,
+        num_workers: int = 4,
+        seed: int = 0,
+        flip_p: float = 0.5,
+        padding: int = 10,
+        erasing_p: float = 0.5,
+    ) -> None:
+        if sampler not in TRAIN_SAMPLERS:
+            raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
+        super().__init__(height, width, flip_p, padding, erasing_p)
+        self.save_hyperparameters()
+
+    @cached_property
+    def data(self) -> ReIDDataset:
+        """The parsed dataset (synthetic data is generated on first access)."""
+        return self.build(self.hparams.dataset, self.hparams.root, self.hparams.dataset_kwargs)
+
+    @property
+    def eval_data(self) -> ReIDDataset:
+        return self.data
+
+    @property
+    def num_classes(self) -> int:
+        """Training identities (size of a classifier)."""
+        return self.data.num_train_pids
+
+    def prepare_data(self) -> None:
+        self.data  # noqa: B018  (parses; generates synthetic data once per node)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.labelled_train_dataloader(self.data.train)

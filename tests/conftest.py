@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def write_market_tree(top: Path, train_ids=6, test_ids=4, cams=3, per_cam=2, size=(32, 16),
+                      seed=0) -> Path:
+    """A tiny Market-1501-layout folder with real JPEGs; ids 1.. train, 101.. test."""
+    rng = np.random.default_rng(seed)
+    for sub in ("bounding_box_train", "query", "bounding_box_test"):
+        (top / sub).mkdir(parents=True, exist_ok=True)
+
+    def save(folder, pid, cam, n):
+        colour = rng.integers(0, 255, 3)
+        img = (colour + rng.integers(-20, 20, (*size, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(top / folder / f"{pid:04d}_c{cam}s1_{n:06d}_00.jpg")
+
+    for pid in range(1, train_ids + 1):
+        for cam in range(1, cams + 1):
+            for n in range(per_cam):
+                save("bounding_box_train", pid, cam, n)
+    for pid in range(101, 101 + test_ids):
+        for cam in range(1, cams + 1):
+            save("query", pid, cam, 0)
+            for n in range(1, per_cam + 1):
+                save("bounding_box_test", pid, cam, n)
+    return top
+
+
+@pytest.fixture
+def market_root(tmp_path) -> Path:
+    return write_market_tree(tmp_path / "Market-1501-v15.09.15")

@@ -1,0 +1,37 @@
+"""A real 2-process CPU DDP run (gloo) of CrossDomainDataModule, in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_cross_domain.py"
+
+
+def test_cross_domain_datamodule_under_ddp(tmp_path):
+    out = tmp_path / "seen.json"
+    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows, labels = result["rows"], np.array(result["labels"])
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for row in rows:
+        for side in ("source", "target"):
+            per_rank = [np.array(r) for r in row[side]]  # (n, 2): index, pid
+            assert len(per_rank) == 2 and len(per_rank[0]) == len(per_rank[1]) > 0
+        # the source's identity groups are split across ranks; only the few groups redrawn
+        # when fewer than P identities have groups left at the end may repeat
+        src = [set(r[:, 0].tolist()) for r in map(np.array, row["source"])]
+        assert len(src[0] & src[1]) <= 0.1 * min(len(src[0]), len(src[1]))
+    # set_epoch reshuffled the source between epochs
+    assert rows[0]["source"] != rows[1]["source"]
+    # epoch 0: no pseudo-labels yet; epoch 1: the labels set after epoch 0, outliers excluded
+    assert all(p == -1 for r in rows[0]["target"] for _, p in r)
+    for r in rows[1]["target"]:
+        idx, pids = np.array(r).T
+        assert (pids == labels[idx]).all() and (pids >= 0).all()
