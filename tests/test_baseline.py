@@ -72,3 +72,14 @@ def test_training_beats_untrained_and_checkpoint_round_trip(tmp_path, monkeypatc
     images = torch.randn(4, 3, 64, 32)
     assert torch.equal(model.extract_features(images), restored.extract_features(images))
     assert model.extract_features(images).shape == (4, 512)
+
+
+def test_width_multiplier_narrows_the_backbone():
+    full = Baseline(num_classes=3, backbone="resnet18", weights=None)
+    narrow = Baseline(num_classes=3, backbone="resnet18", weights=None, width=0.25)
+    assert narrow.feature_dim == 128 and full.feature_dim == 512
+    n_full = sum(p.numel() for p in full.backbone.parameters())
+    n_narrow = sum(p.numel() for p in narrow.backbone.parameters())
+    assert n_narrow < n_full / 10
+    assert narrow.extract_features(torch.randn(2, 3, 64, 32)).shape == (2, 128)
+    assert Baseline(num_classes=3, backbone="resnet50", weights=None, width=0.5).feature_dim == 1024
