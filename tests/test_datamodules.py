@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from reidlab.datamodules import CrossDomainDataModule, ReIDDataModule, build_transforms
-from reidlab.datasets import ReIDImageDataset, Record, read_image
+from reidlab.datasets import Record, ReIDImageDataset, read_image
 from tests.conftest import write_market_tree
 
 SIZE = dict(height=32, width=16, num_workers=0)
@@ -90,7 +90,7 @@ def test_unsupervised_setting_per_camera_batches(market_root):
 
 def test_unknown_dataset_and_sampler():
     with pytest.raises(ValueError, match="unknown dataset 'market'"):
-        ReIDDataModule("market", root=".").data
+        _ = ReIDDataModule("market", root=".").data
     with pytest.raises(ValueError, match="target_sampler"):
         CrossDomainDataModule(target_sampler="nope")
 

@@ -118,7 +118,7 @@ class RetrievalEvaluation(pl.Callback):
         chosen = np.unique(chosen.astype(int))
         dist = pairwise_distance(feats[chosen], feats[num_query:], metric=metric.metric).cpu()
         ranked_paths, ranked_correct = [], []
-        for row, q in zip(dist, chosen):
+        for row, q in zip(dist, chosen, strict=True):
             g_pids, g_cams = pids[num_query:], cams[num_query:]
             keep = ~((g_pids == pids[q]) & (g_cams == cams[q]))  # protocol: same pid+camera
             cand = np.flatnonzero(keep)

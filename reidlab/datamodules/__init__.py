@@ -13,5 +13,6 @@ from reidlab.datamodules.transforms import build_transforms
 
 __all__ = [
     "CameraAwarePKBatchSampler", "CrossDomainDataModule", "PKBatchSampler",
-    "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler", "build_transforms",
+    "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler",
+    "build_transforms",
 ]

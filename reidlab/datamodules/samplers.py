@@ -5,7 +5,8 @@ distributed training itself: all ranks build the same global list of batches fro
 shared seed and the epoch number, and rank ``r`` takes batches ``r, r + W, r + 2W, ...``.
 So the identity groups of one epoch are split across ranks without overlap, every rank
 sees the same number of batches (no DDP hang), and ``set_epoch`` reshuffles (Lightning
-calls it at every epoch through the ``sampler`` attribute). Use them with ``Trainer(use_distributed_sampler=False)``.
+calls it at every epoch through the ``sampler`` attribute). Use them with
+``Trainer(use_distributed_sampler=False)``.
 
 - :class:`PKBatchSampler`: P identities x K images (Hermans et al. 2017, batch-hard triplet).
 - :class:`CameraAwarePKBatchSampler`: same, with the K-1 companions of each anchor drawn

@@ -133,7 +133,7 @@ class ReIDDataset:
                  str(len({r.camid for r in recs})))
             )
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 

@@ -33,7 +33,8 @@ class ReIDImageDataset(Dataset):
 
     Args:
         records: the samples.
-        transform: applied to the PIL image (e.g. :func:`reidlab.datamodules.transforms.build_transforms`).
+        transform: applied to the PIL image (e.g. from
+            :func:`reidlab.datamodules.transforms.build_transforms`).
         pids: optional per-record ids overriding ``record.pid`` (pseudo-labels).
     """
 

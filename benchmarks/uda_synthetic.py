@@ -1,0 +1,153 @@
+"""Accuracy of methods on the synthetic domain pair, both directions, several seeds.
+
+Each row is a config in ``examples/configs/synthetic/`` written for the mall -> street
+direction; the street -> mall direction swaps the two domain names everywhere in the data
+arguments. Every run is ``reidlab fit`` in-process; the final validation metrics (on the
+target's query + gallery) are collected from the RetrievalEvaluation callback.
+
+    python benchmarks/uda_synthetic.py --rows direct_transfer oracle --seeds 0 1 2
+    python benchmarks/uda_synthetic.py --rows direct_transfer --seeds 0 --epochs 2   # smoke
+
+Writes a markdown table (mAP, rank-1/5/10 as mean +- std over seeds, wall time per run)
+to stdout, to ``docs/benchmarks/uda_synthetic.json`` (raw numbers, merged across
+invocations) and into the section "## Synthetic domain pair" of ``docs/benchmarks.md``.
+The "gap closed" column is (method - direct transfer) / (oracle - direct transfer) in mAP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "configs" / "synthetic"
+RESULTS = ROOT / "docs" / "benchmarks" / "uda_synthetic.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Synthetic domain pair"
+DIRECTIONS = {"mall->street": False, "street->mall": True}
+METRICS = ("mAP", "rank1", "rank5", "rank10")
+
+
+def swap_domains(value):
+    """Swap synthetic:mall and synthetic:street in every string of a config tree."""
+    if isinstance(value, dict):
+        return {k: swap_domains(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [swap_domains(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"synthetic:(mall|street)",
+                      lambda m: "synthetic:" + ("street" if m.group(1) == "mall" else "mall"),
+                      value)
+    return value
+
+
+def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Path) -> dict:
+    import pytorch_lightning as pl
+
+    from reidlab.callbacks import RetrievalEvaluation
+    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
+
+    config = yaml.safe_load((CONFIGS / f"{row}.yaml").read_text())
+    if reverse:
+        config["data"] = swap_domains(config["data"])
+    config["seed_everything"] = seed
+    config.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
+    trainer_cfg = config.setdefault("trainer", {})
+    trainer_cfg.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       default_root_dir=str(workdir))
+    if epochs is not None:
+        trainer_cfg["max_epochs"] = epochs
+    path = workdir / f"{row}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                     subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
+                     save_config_callback=None, args=["fit", "--config", str(path)])
+    seconds = time.perf_counter() - start
+    evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
+    return {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}
+
+
+def fmt(values: list[float], scale: float = 100.0) -> str:
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def table(results: dict) -> str:
+    lines = ["| method | direction | seeds | mAP | rank-1 | rank-5 | rank-10 | gap closed "
+             "| time / run |", "|---|---|---|---|---|---|---|---|---|"]
+    for direction in DIRECTIONS:
+        ref = {r: results.get(r, {}).get(direction) for r in ("direct_transfer", "oracle")}
+        mean_map = {r: statistics.fmean(x["mAP"] for x in runs)
+                    for r, runs in ref.items() if runs}
+        for row, by_dir in results.items():
+            runs = by_dir.get(direction)
+            if not runs:
+                continue
+            gap = "–"
+            if len(mean_map) == 2 and row not in ref:
+                m = statistics.fmean(x["mAP"] for x in runs)
+                denom = mean_map["oracle"] - mean_map["direct_transfer"]
+                gap = f"{(m - mean_map['direct_transfer']) / denom:.2f}"
+            cells = [fmt([x[k] for x in runs]) for k in METRICS]
+            secs = statistics.fmean(x["seconds"] for x in runs)
+            lines.append(f"| {row} | {direction} | {len(runs)} | " + " | ".join(cells)
+                         + f" | {gap} | {secs:.0f} s |")
+    return "\n".join(lines)
+
+
+def write_docs(markdown: str, command: str) -> None:
+    body = (f"{SECTION}\n\nProduced by `{command}` (CPU, this repository's configs in "
+            "`examples/configs/synthetic/`; metrics in %, mean ± std over seeds, evaluated "
+            "on the target domain's query + gallery).\n\n" + markdown + "\n")
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
+    text = pattern.sub(lambda _: body.rstrip("\n"), text) if pattern.search(text) else (
+        text.rstrip("\n") + "\n\n" + body)
+    DOCS.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=["direct_transfer", "oracle"],
+                        help="config names in examples/configs/synthetic/")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--directions", nargs="+", default=list(DIRECTIONS),
+                        choices=list(DIRECTIONS))
+    parser.add_argument("--epochs", type=int, default=None, help="override max_epochs (smoke)")
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_docs else {}
+    for row in args.rows:
+        for direction in args.directions:
+            runs = []
+            for seed in args.seeds:
+                with tempfile.TemporaryDirectory() as tmp:
+                    res = run_once(row, DIRECTIONS[direction], seed, args.epochs, Path(tmp))
+                print(f"{row} {direction} seed {seed}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in res.items()), flush=True)
+                runs.append(res | {"seed": seed})
+            results.setdefault(row, {})[direction] = runs
+    markdown = table(results)
+    print(markdown)
+    if not args.no_docs:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+        write_docs(markdown, "python benchmarks/uda_synthetic.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
