@@ -75,8 +75,9 @@ def _dist_block(xb: Tensor, y: Tensor, y_sq: Tensor | None, metric: str) -> Tens
     """Distances between the rows of ``xb`` and ``y`` (features already prepared)."""
     if metric == "cosine":
         # d(x, y) = 1 - <x, y> / (|x| |y|), rows already unit-normalised.
-        return torch.addmm(torch.ones((), dtype=xb.dtype, device=xb.device), xb, y.T, alpha=-1.0
-                           ).clamp_min_(0.0)
+        return torch.addmm(
+            torch.ones((), dtype=xb.dtype, device=xb.device), xb, y.T, alpha=-1.0
+        ).clamp_min_(0.0)
     # |x - y|^2 = |x|^2 + |y|^2 - 2 <x, y>
     x_sq = xb.pow(2).sum(1, keepdim=True)
     d = torch.addmm(y_sq.unsqueeze(0), xb, y.T, alpha=-2.0).add_(x_sq).clamp_min_(0.0)
@@ -133,8 +134,7 @@ class _RankAccumulator:
         self.num_valid = 0
         self.g_pids, self.g_cam = g_pids, g_cam
         self.g_order = torch.argsort(g_pids, stable=True)
-        self.uniq, self.counts = torch.unique_consecutive(g_pids[self.g_order],
-                                                          return_counts=True)
+        self.uniq, self.counts = torch.unique_consecutive(g_pids[self.g_order], return_counts=True)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
 
     def _same_pid_pairs(self, q_pids: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,15 +147,25 @@ class _RankAccumulator:
         cnt = torch.where(self.uniq[pos] == q_pids, self.counts[pos], 0)
         rows = torch.repeat_interleave(torch.arange(q_pids.numel(), device=dev), cnt)
         offs = torch.arange(rows.numel(), device=dev) - torch.repeat_interleave(
-            torch.cumsum(cnt, 0) - cnt, cnt)
+            torch.cumsum(cnt, 0) - cnt, cnt
+        )
         cols = self.g_order[torch.repeat_interleave(self.starts[pos], cnt) + offs]
         return rows, cols
 
     def add(self, dist: Tensor, q_pids: Tensor, q_cam: Tensor) -> None:
         rows, cols = self._same_pid_pairs(q_pids)
         junk = self.g_cam[cols] == q_cam[rows]
-        first, ap, inp = _chunk_rank_stats(dist, q_pids, q_cam, self.g_pids, self.g_cam,
-                                           rows[~junk], cols[~junk], rows[junk], cols[junk])
+        first, ap, inp = _chunk_rank_stats(
+            dist,
+            q_pids,
+            q_cam,
+            self.g_pids,
+            self.g_cam,
+            rows[~junk],
+            cols[~junk],
+            rows[junk],
+            cols[junk],
+        )
         if first.numel() == 0:
             return
         self.num_valid += int(first.numel())
@@ -166,8 +176,10 @@ class _RankAccumulator:
 
     def result(self) -> dict:
         if self.num_valid == 0:
-            raise ValueError("no query has a true match in the gallery (after the same-camera "
-                             "same-identity removal)")
+            raise ValueError(
+                "no query has a true match in the gallery (after the same-camera "
+                "same-identity removal)"
+            )
         n = self.num_valid
         return {
             "cmc": np.cumsum(self.cmc_counts) / n,
@@ -273,8 +285,11 @@ def evaluate_rank(
     dev = dist.device
     qp, gp = _as_ids(q_pids, dev), _as_ids(g_pids, dev)
     qc, gc = _as_ids(q_camids, dev), _as_ids(g_camids, dev)
-    if (qp.numel(), gp.numel()) != tuple(dist.shape) or qc.numel() != qp.numel() \
-            or gc.numel() != gp.numel():
+    if (
+        (qp.numel(), gp.numel()) != tuple(dist.shape)
+        or qc.numel() != qp.numel()
+        or gc.numel() != gp.numel()
+    ):
         raise ValueError("distmat shape does not match the pid/camid vectors")
     acc = _RankAccumulator(max_rank, gp, gc)
     step = _rows_per_chunk(dist.shape[1], chunk_size)
@@ -337,8 +352,9 @@ def evaluate_from_features(
         raise ValueError("feature counts do not match the pid vectors")
     acc = _RankAccumulator(max_rank, gp, gc)
     if rerank:
-        chunks = iter_re_ranked_features(qf, gf, metric=metric, k1=k1, k2=k2,
-                                         lambda_value=lambda_value, chunk_size=chunk_size)
+        chunks = iter_re_ranked_features(
+            qf, gf, metric=metric, k1=k1, k2=k2, lambda_value=lambda_value, chunk_size=chunk_size
+        )
         for s, e, d in chunks:
             acc.add(d.to(dev), qp[s:e], qc[s:e])
     else:
@@ -429,8 +445,9 @@ class _FeatureSource:
 
     def query_gallery(self, s: int, e: int) -> Tensor:
         nq = self.nq
-        return _dist_block(self.x[s:e], self.x[nq:], None if self.sq is None else self.sq[nq:],
-                           self.metric)
+        return _dist_block(
+            self.x[s:e], self.x[nq:], None if self.sq is None else self.sq[nq:], self.metric
+        )
 
 
 def _working_dist(m: Tensor, row_max: Tensor) -> Tensor:
@@ -455,7 +472,7 @@ def _reciprocal_mask(nbr: Tensor, k: int, step: int) -> Tensor:
 
 
 def _build_v(source, k1: int, k2: int, chunk_size: int | None):
-    """Sparse k-reciprocal feature vectors V (Eq. 7-10 of the paper) and the row maxima."""
+    """Sparse k-reciprocal feature vectors V (expanded, query-expanded) and the row maxima."""
     n = source.n
     kk1 = min(k1 + 1, n)
     kkh = min(int(np.around(k1 / 2.0)) + 1, n)
@@ -483,7 +500,7 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
     rh = _reciprocal_mask(nbr, kkh, rstep)
 
     # Expansion: add R(c, k1/2) for each c in R(i, k1) with |R(c, k1/2) & R(i, k1)| >
-    # 2/3 |R(c, k1/2)| (Eq. 6), then weights exp(-d(i, j)) normalised to sum 1 (Eq. 7).
+    # 2/3 |R(c, k1/2)|, then weights exp(-d(i, j)) normalised to sum 1.
     indptr = [torch.zeros(1, dtype=torch.int64, device=dev)]
     indices, data = [], []
     estep = max(1, (1 << 22) // (kk1 * kkh * kk1))
@@ -497,10 +514,13 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
         inter = (inter & csmask).sum(-1)
         size = csmask.sum(-1)
         accept = cmask & (inter.to(torch.float64) > (2.0 / 3.0) * size.to(torch.float64))
-        members = torch.cat([
-            torch.where(cmask, cand, n),
-            torch.where(csmask & accept[..., None], csets, n).flatten(1),
-        ], 1)
+        members = torch.cat(
+            [
+                torch.where(cmask, cand, n),
+                torch.where(csmask & accept[..., None], csets, n).flatten(1),
+            ],
+            1,
+        )
         members = torch.sort(members, dim=1).values
         keep = members < n
         keep[:, 1:] &= members[:, 1:] != members[:, :-1]
@@ -517,12 +537,15 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
         (torch.cat(data).cpu().numpy(), torch.cat(indices).cpu().numpy(), indptr_np),
         shape=(n, n),
     )
-    # Local query expansion (Eq. 11): V_i <- mean of V over the k2 nearest rows of i.
+    # Local query expansion: V_i <- mean of V over the k2 nearest rows of i.
     if k2 != 1:
         sel_cols = nbr[:, :kk2].reshape(-1).cpu().numpy()
         sel = sp.csr_matrix(
-            (np.ones(sel_cols.size, dtype=np.float32), sel_cols,
-             np.arange(0, sel_cols.size + 1, kk2)),
+            (
+                np.ones(sel_cols.size, dtype=np.float32),
+                sel_cols,
+                np.arange(0, sel_cols.size + 1, kk2),
+            ),
             shape=(n, n),
         )
         v = sel @ v
@@ -531,9 +554,10 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
     return v, row_max
 
 
-def _jaccard_chunks(v: sp.csr_matrix, nq: int, chunk_size: int | None
-                    ) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield ``sum_l min(V[i, l], V[j, l])`` for query rows i, gallery rows j (Eq. 13)."""
+def _jaccard_chunks(
+    v: sp.csr_matrix, nq: int, chunk_size: int | None
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield ``sum_l min(V[i, l], V[j, l])`` for query rows i, gallery rows j."""
     n = v.shape[0]
     ng = n - nq
     vg = v[nq:].tocsc()
@@ -561,7 +585,8 @@ def _jaccard_chunks(v: sp.csr_matrix, nq: int, chunk_size: int | None
         a, b = int(q_ptr[s]), int(q_ptr[e])
         cnt = per_entry[a:b]
         row = torch.repeat_interleave(
-            torch.repeat_interleave(torch.arange(e - s), q_ptr[s + 1 : e + 1] - q_ptr[s:e]), cnt)
+            torch.repeat_interleave(torch.arange(e - s), q_ptr[s + 1 : e + 1] - q_ptr[s:e]), cnt
+        )
         qv = torch.repeat_interleave(q_vals[a:b], cnt)
         start = torch.repeat_interleave(colptr[q_cols[a:b]] - (torch.cumsum(cnt, 0) - cnt), cnt)
         pos = start + torch.arange(int(cnt.sum()))
@@ -571,11 +596,12 @@ def _jaccard_chunks(v: sp.csr_matrix, nq: int, chunk_size: int | None
         s = e
 
 
-def _re_ranked_chunks(source, k1: int, k2: int, lambda_value: float, chunk_size: int | None
-                      ) -> Iterator[tuple[int, int, Tensor]]:
+def _re_ranked_chunks(
+    source, k1: int, k2: int, lambda_value: float, chunk_size: int | None
+) -> Iterator[tuple[int, int, Tensor]]:
     v, row_max = _build_v(source, k1, k2, chunk_size)
     for s, e, tmin in _jaccard_chunks(v, source.nq, chunk_size):
-        # Jaccard distance (Eq. 13) and final distance (Eq. 14).
+        # Jaccard distance d_J = 1 - s / (2 - s), final (1 - lambda) d_J + lambda d.
         jac = 1.0 - tmin / (2.0 - tmin)
         tmin = None
         d = _working_dist(source.query_gallery(s, e), row_max[s:e, None].to(jac.device))
@@ -632,8 +658,7 @@ def iter_re_ranked_features(
     _check_rerank_args(k1, k2, lambda_value)
     qf = _prepare_features(q_feats, metric).cpu()
     gf = _prepare_features(g_feats, metric).cpu().to(qf.dtype)
-    yield from _re_ranked_chunks(_FeatureSource(qf, gf, metric), k1, k2, lambda_value,
-                                 chunk_size)
+    yield from _re_ranked_chunks(_FeatureSource(qf, gf, metric), k1, k2, lambda_value, chunk_size)
 
 
 def _collect(chunks: Iterator[tuple[int, int, Tensor]], nq: int, ng: int) -> Tensor:
@@ -655,12 +680,13 @@ def re_ranking(
     k-reciprocal Encoding", CVPR 2017), numerically as their reference implementation.
 
     With ``d(i, j) = D[i, j]^2 / max_k D[k, i]^2`` on the N = q + g images (queries first):
-    ``R(i, k) = {j in N(i, k) : i in N(j, k)}`` (Eq. 4, ``N`` includes ``i``); the set is
-    expanded by ``R(c, round(k1/2))`` of every ``c`` in ``R(i, k1)`` sharing more than 2/3 of
-    its members (Eq. 6); ``V[i, j] = exp(-d(i, j))`` on the expanded set, normalised to sum 1
-    (Eq. 7); ``V_i`` is replaced by the mean of ``V`` over the ``k2`` nearest rows (Eq. 11);
-    ``d_J(i, j) = 1 - s / (2 - s)`` with ``s = sum_l min(V[i, l], V[j, l])`` (Eq. 13); and the
-    result is ``(1 - lambda) d_J + lambda d`` (Eq. 14). V is sparse (CSR): memory grows with
+    ``R(i, k) = {j in N(i, k + 1) : i in N(j, k + 1)}`` (k-reciprocal neighbours, ``N(i, k)``
+    the k nearest including ``i``); the set is expanded by ``R(c, round(k1/2))`` of every
+    ``c`` in ``R(i, k1)`` sharing more than 2/3 of its members; ``V[i, j] = exp(-d(i, j))``
+    on the expanded set, normalised to sum 1; ``V_i`` is replaced by the mean of ``V`` over the
+    ``k2`` nearest rows (local query expansion); the Jaccard distance
+    ``d_J(i, j) = 1 - s / (2 - s)`` with ``s = sum_l min(V[i, l], V[j, l])``; and the result
+    is ``(1 - lambda) d_J + lambda d``. V is sparse (CSR): memory grows with
     ``N * k1`` besides the inputs and the q x g output.
 
     Args:

@@ -75,8 +75,9 @@ class ReIDRetrievalMetric(Metric):
         for name in ("features", "pids", "camids", "is_query"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, features: Tensor, pids: Tensor, camids: Tensor,
-               is_query: Tensor | bool) -> None:
+    def update(
+        self, features: Tensor, pids: Tensor, camids: Tensor, is_query: Tensor | bool
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -112,9 +113,19 @@ class ReIDRetrievalMetric(Metric):
         pids, camids = dim_zero_cat(self.pids), dim_zero_cat(self.camids)
         is_q = dim_zero_cat(self.is_query).bool()
         res = evaluate_from_features(
-            feats[is_q], feats[~is_q], pids[is_q], pids[~is_q], camids[is_q], camids[~is_q],
-            max_rank=self.max_rank, metric=self.metric, normalize=self.normalize_features,
-            rerank=self.rerank, k1=self.k1, k2=self.k2, lambda_value=self.lambda_value,
+            feats[is_q],
+            feats[~is_q],
+            pids[is_q],
+            pids[~is_q],
+            camids[is_q],
+            camids[~is_q],
+            max_rank=self.max_rank,
+            metric=self.metric,
+            normalize=self.normalize_features,
+            rerank=self.rerank,
+            k1=self.k1,
+            k2=self.k2,
+            lambda_value=self.lambda_value,
             chunk_size=self.chunk_size,
         )
         cmc = torch.as_tensor(res["cmc"], dtype=torch.float32)
