@@ -69,6 +69,7 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
     path = workdir / f"{row}.yaml"
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
+    sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` alone
     cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
                      save_config_callback=None, args=["fit", "--config", str(path)])
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs (smoke)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     args = parser.parse_args()
+    command = "python benchmarks/uda_synthetic.py " + " ".join(sys.argv[1:])
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
@@ -146,7 +148,7 @@ def main() -> None:
     if not args.no_docs:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1))
-        write_docs(markdown, "python benchmarks/uda_synthetic.py " + " ".join(sys.argv[1:]))
+        write_docs(markdown, command)
 
 
 if __name__ == "__main__":

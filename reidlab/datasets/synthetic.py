@@ -28,10 +28,10 @@ quality. The presets:
 * ``mall``: indoor, 6 cameras, warm artificial light, crisp high-contrast images. Clothing
   hues are spread over the whole colour wheel with strong saturation, so identities differ
   mostly by *hue*; patterns and accessories are rare.
-* ``street``: outdoor, 5 cameras, cool daylight of varying strength, hazy low-contrast,
-  noisy images with about half the effective resolution, farther and more tilted cameras.
-  Clothing comes from a narrow, desaturated range of blue-greys and browns, so identities
-  differ by *shade*, *pattern* and *accessories* rather than hue.
+* ``street``: outdoor, 5 cameras, cool daylight, hazy lower-contrast, noisier and softer
+  images (0.9x effective resolution, stronger JPEG), farther and more tilted cameras.
+  Clothing comes from a few desaturated hue families (blue-grey, brown, olive, dusty red,
+  teal), so identities differ by *shade*, *pattern* and *accessories* more than by hue.
 
 A model that learnt to tell ``mall`` people apart by hue has little to go on in ``street``,
 and a ``street`` model never needed to separate hues, so a supervised baseline loses much of
@@ -179,13 +179,13 @@ SYNTHETIC_DOMAINS: dict[str, DomainStyle] = {
     ),
     "street": DomainStyle(
         name="street",
-        description="outdoor street, 5 cameras, cool hazy daylight, low resolution and noisy",
+        description="outdoor street, 5 cameras, cool hazy daylight, softer and noisier",
         num_cameras=5,
         pid_base=20000,
         scene="outdoor",
-        hue_centers=(0.60, 0.09),
-        hue_spread=0.05,
-        saturation=(0.1, 0.5),
+        hue_centers=(0.60, 0.09, 0.30, 0.95, 0.45),
+        hue_spread=0.09,
+        saturation=(0.15, 0.65),
         value=(0.1, 0.9),
         lower_dark_prob=0.5,
         pattern_prob=0.8,
@@ -194,19 +194,19 @@ SYNTHETIC_DOMAINS: dict[str, DomainStyle] = {
         backpack_prob=0.5,
         bag_prob=0.3,
         hat_prob=0.35,
-        person_scale=(0.72, 0.9),
-        tilt=(0.88, 1.18),
-        gain=(0.85, 1.1),
-        cast_strength=0.08,
-        occlusion_prob=(0.08, 0.2),
-        blur=(0.2, 0.7),
+        person_scale=(0.78, 0.92),
+        tilt=(0.9, 1.12),
+        gain=(0.9, 1.08),
+        cast_strength=0.05,
+        occlusion_prob=(0.05, 0.12),
+        blur=(0.05, 0.35),
         temperature=(0.88, 0.98, 1.12),
-        contrast=0.78,
-        haze=0.08,
-        saturation_gain=0.8,
-        noise_std=0.03,
-        resolution=0.6,
-        jpeg_quality=65,
+        contrast=0.85,
+        haze=0.05,
+        saturation_gain=0.9,
+        noise_std=0.01,
+        resolution=0.9,
+        jpeg_quality=75,
     ),
 }
 
