@@ -57,9 +57,15 @@ def figure_to_array(fig: plt.Figure) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def log_figure(trainer: pl.Trainer, key: str, fig: plt.Figure) -> list[Path]:
+def figure_folder(trainer: pl.Trainer) -> Path:
+    """Where PNG figures go: ``<log dir>/figures``. Call it on every rank (it broadcasts)."""
+    return Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+
+
+def log_figure(trainer: pl.Trainer, key: str, fig: plt.Figure, folder: Path) -> list[Path]:
     """Log ``fig`` to every logger of ``trainer``: W&B as an image, TensorBoard as a
-    figure; with any other logger, or none, save a PNG under the log folder.
+    figure; with any other logger, or none, save a PNG in ``folder`` (see
+    :func:`figure_folder`). Call it on rank 0 only.
 
     Returns:
         The PNG files written (empty when every logger took the figure itself).
@@ -76,7 +82,6 @@ def log_figure(trainer: pl.Trainer, key: str, fig: plt.Figure) -> list[Path]:
         else:
             needs_file = True
     if needs_file:
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
         fig.savefig(path, dpi=100)

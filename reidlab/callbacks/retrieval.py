@@ -8,7 +8,7 @@ import torch
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from reidlab.callbacks.figures import log_figure, ranked_list_figure
+from reidlab.callbacks.figures import figure_folder, log_figure, ranked_list_figure
 from reidlab.metrics import ReIDRetrievalMetric, pairwise_distance
 
 
@@ -104,6 +104,7 @@ class RetrievalEvaluation(pl.Callback):
         local = {"features": dim_zero_cat(metric.features), "indices": torch.cat(self.indices)}
         if trainer.world_size > 1:
             local = {k: torch.cat(gather_all_tensors(v)) for k, v in local.items()}
+        folder = figure_folder(trainer)  # collective: before the rank check
         if trainer.global_rank != 0:
             return
         records = trainer.datamodule.eval_records
@@ -127,4 +128,4 @@ class RetrievalEvaluation(pl.Callback):
             ranked_correct.append((g_pids[top] == pids[q]).tolist())
         fig = ranked_list_figure([records[q].path for q in chosen], pids[chosen].tolist(),
                                  ranked_paths, ranked_correct)
-        log_figure(trainer, f"{stage}/ranked_list", fig)
+        log_figure(trainer, f"{stage}/ranked_list", fig, folder)
