@@ -50,3 +50,12 @@ def test_console_script_exit_code(tmp_path):
     bad = subprocess.run([str(exe), "fit", "--config", str(tmp_path / "missing.yaml")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(ROOT / "examples" / "configs").as_posix()
+                                          for p in (ROOT / "examples" / "configs").rglob("*.yaml")))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "examples" / "configs" / config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out

@@ -103,3 +103,13 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     dataset = ReIDImageDataset([Record(str(bad), 0, 0)])
     with pytest.raises(OSError, match="cannot read image"):
         dataset[0]
+
+
+def test_source_only_batches_for_direct_transfer(market_root):
+    dm = CrossDomainDataModule("market1501", "market1501", source_root=str(market_root),
+                               target_root=str(market_root), train_target=False,
+                               num_ids=2, num_instances=2, **SIZE)
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"source"}
+    with pytest.raises(ValueError, match="without a source"):
+        CrossDomainDataModule(None, "market1501", train_target=False)

@@ -53,6 +53,8 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         target_num_ids: P of the target side (default: ``num_ids``).
         target_num_instances: K of the target side (default: ``num_instances``).
         num_per_camera: images per camera and batch for ``per_camera``.
+        train_target: False gives source-only training batches (``{"source": ...}``), e.g.
+            for the direct-transfer Baseline, which never looks at target training images.
         iters_per_epoch: training batches per device and epoch, both sides.
         eval_batch_size: batch size of evaluation loaders.
         num_workers: loader worker processes per loader.
@@ -79,6 +81,7 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         target_num_ids: int | None = None,
         target_num_instances: int | None = None,
         num_per_camera: int = 8,
+        train_target: bool = True,
         iters_per_epoch: int | None = None,
         eval_batch_size: int = 128,
         num_workers: int = 4,
@@ -89,6 +92,8 @@ class CrossDomainDataModule(ReIDDataModuleBase):
     ) -> None:
         if sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
+        if source is None and not train_target:
+            raise ValueError("without a source, the target must be trained on")
         if target_sampler not in TARGET_SAMPLERS:
             raise ValueError(f"target_sampler must be one of {TARGET_SAMPLERS}, "
                              f"got {target_sampler!r}")
@@ -166,7 +171,7 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         return self._loader(ReIDImageDataset(records, self.train_transform, pids=pids), sampler)
 
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {"target": self.target_train_dataloader()}
+        loaders = {"target": self.target_train_dataloader()} if self.hparams.train_target else {}
         if self.source_data is not None:
             loaders = {"source": self.labelled_train_dataloader(self.source_data.train),
                        **loaders}
