@@ -76,10 +76,11 @@ def test_training_beats_untrained_and_checkpoint_round_trip(tmp_path, monkeypatc
 
 def test_width_multiplier_narrows_the_backbone():
     full = Baseline(num_classes=3, backbone="resnet18", weights=None)
-    narrow = Baseline(num_classes=3, backbone="resnet18", weights=None, width=0.25)
+    narrow = Baseline(num_classes=3, backbone="resnet18", weights=None, backbone_width=0.25)
     assert narrow.feature_dim == 128 and full.feature_dim == 512
     n_full = sum(p.numel() for p in full.backbone.parameters())
     n_narrow = sum(p.numel() for p in narrow.backbone.parameters())
     assert n_narrow < n_full / 10
     assert narrow.extract_features(torch.randn(2, 3, 64, 32)).shape == (2, 128)
-    assert Baseline(num_classes=3, backbone="resnet50", weights=None, width=0.5).feature_dim == 1024
+    assert Baseline(num_classes=3, backbone="resnet50", weights=None,
+                    backbone_width=0.5).feature_dim == 1024

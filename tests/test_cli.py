@@ -17,7 +17,9 @@ def tiny_args(config: str, tmp_path: Path) -> list[str]:
     return [
         "--config", str(ROOT / "examples" / "configs" / config),
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
         "--data.init_args.source_kwargs", TINY, "--data.init_args.target_kwargs", TINY,
         "--data.init_args.height", "64", "--data.init_args.width", "32",
@@ -33,8 +35,10 @@ def cache(tmp_path, monkeypatch):
 
 def test_quickstart_config_fits_and_evaluates(tmp_path):
     main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
-    figures = list((tmp_path / "figures").glob("val_ranked_list_epoch*.png"))
-    assert figures, "the ranked-list figure is saved when no logger takes it"
+    figures = list(tmp_path.rglob("figures/val_ranked_list_epoch*.png"))
+    assert figures, "the ranked-list figure is saved next to the CSV logs"
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "val/mAP" in metrics
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
     main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(ckpts[0])])

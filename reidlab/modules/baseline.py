@@ -30,7 +30,9 @@ class Baseline(ReIDModule):
         backbone: ``resnet50`` (default), ``resnet18``, ``resnet34``, ``resnet101``.
         weights: ``"imagenet"``, a torchvision weight name, a file path, or None.
         last_stride: stride of the last ResNet stage (1 in BoT).
-        width: channel multiplier of the backbone (< 1 for CPU runs, random init only).
+        backbone_width: channel multiplier of the backbone (< 1 for CPU runs, random init
+            only). Not ``width``: that is the DataModule's image width, and Lightning merges
+            both hparams when logging.
         pooling: ``avg``, ``max`` or ``gem``.
         test_feature: ``bn`` (after BNNeck, BoT's choice) or ``pooled``.
         label_smoothing: epsilon of the smoothed cross-entropy (0.1).
@@ -51,7 +53,7 @@ class Baseline(ReIDModule):
         backbone: str = "resnet50",
         weights: str | None = "imagenet",
         last_stride: int = 1,
-        width: float = 1.0,
+        backbone_width: float = 1.0,
         pooling: str = "avg",
         test_feature: str = "bn",
         label_smoothing: float = 0.1,
@@ -71,7 +73,7 @@ class Baseline(ReIDModule):
         if test_feature not in ("bn", "pooled"):
             raise ValueError(f"test_feature must be 'bn' or 'pooled', got {test_feature!r}")
         self.save_hyperparameters()
-        self.backbone = ResNetBackbone(backbone, weights, last_stride, width)
+        self.backbone = ResNetBackbone(backbone, weights, last_stride, backbone_width)
         self.pool = build_pooling(pooling)
         self.neck = BNNeck(self.backbone.out_channels, num_classes)
 

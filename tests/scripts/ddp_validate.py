@@ -20,7 +20,8 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     dm = ReIDDataModule("synthetic:street", dataset_kwargs=TINY, height=32, width=16,
                         num_workers=0, eval_batch_size=5)
-    model = Baseline(num_classes=dm.num_classes, backbone="resnet18", width=0.25, weights=None)
+    model = Baseline(num_classes=dm.num_classes, backbone="resnet18", backbone_width=0.25,
+                     weights=None)
     evaluation = RetrievalEvaluation(num_figure_queries=3)
     trainer = pl.Trainer(accelerator="cpu", devices=devices,
                          strategy="ddp" if devices > 1 else "auto", logger=False,
