@@ -1,3 +1,4 @@
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -84,3 +85,24 @@ def test_width_multiplier_narrows_the_backbone():
     assert narrow.extract_features(torch.randn(2, 3, 64, 32)).shape == (2, 128)
     assert Baseline(num_classes=3, backbone="resnet50", weights=None,
                     backbone_width=0.5).feature_dim == 1024
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    from reidlab.nn import ResNetBackbone
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)  # checkpoint-style file
+    loaded = ResNetBackbone("resnet18", weights=str(path))
+    assert torch.equal(loaded.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert torch.equal(loaded.stem[1].running_var, reference.bn1.running_var)
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in reference.state_dict().items() if "layer4" not in k}, partial)
+    with pytest.raises(ValueError, match="lacks"):
+        ResNetBackbone("resnet18", weights=str(partial))
+    with pytest.raises(FileNotFoundError):
+        ResNetBackbone("resnet18", weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="unknown weights"):
+        ResNetBackbone("resnet18", weights="IMAGENET9K")
