@@ -52,3 +52,6 @@ def test_retrieval_evaluation_under_ddp_equals_single_process(tmp_path):
     for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
         assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
     assert list((tmp_path / "figures").glob("val_ranked_list_*.png"))
+    # the ranked-list figure merges per-rank top-k lists into the single-process ranking
+    assert len(one["ranked"]) == 3
+    assert one["ranked"] == one["reference"] == two["ranked"]

@@ -52,6 +52,7 @@ class RetrievalEvaluation(pl.Callback):
         self.metric: ReIDRetrievalMetric | None = None
         self.indices: list[torch.Tensor] = []
         self.last: dict[str, float] = {}
+        self.last_ranked: dict[int, list[int]] = {}  # query index -> gallery indices shown
 
     # -- accumulation --------------------------------------------------------------------
     def _start(self, pl_module: pl.LightningModule) -> None:
@@ -99,33 +100,58 @@ class RetrievalEvaluation(pl.Callback):
         self.indices = []
 
     def _ranked_list(self, trainer: pl.Trainer, stage: str) -> None:
-        """Gather features in dataset order (all ranks), draw the figure on rank 0."""
-        metric = self.metric
-        local = {"features": dim_zero_cat(metric.features), "indices": torch.cat(self.indices)}
+        """Top gallery matches of a few queries, drawn on rank 0.
+
+        Only the chosen queries' features travel between ranks: every rank ranks its own
+        gallery shard (protocol: same pid and camera removed) and sends its top-k indices,
+        which rank 0 merges. Nothing of size N x D is gathered a second time.
+        """
+        metric, dm = self.metric, trainer.datamodule
+        records, num_query = dm.eval_records, dm.num_query
+        feats = dim_zero_cat(metric.features).float()
+        if metric.normalize_features:
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        indices = torch.cat(self.indices)
+        device = indices.device
+        count = min(self.num_figure_queries, num_query)
+        chosen = torch.as_tensor(np.unique(np.linspace(0, num_query - 1, count).astype(int)),
+                                 device=device)
+        is_chosen = torch.isin(indices, chosen)
+        q_idx, q_feats = indices[is_chosen], feats[is_chosen]
         if trainer.world_size > 1:
-            local = {k: torch.cat(gather_all_tensors(v)) for k, v in local.items()}
+            q_idx, q_feats = (torch.cat(gather_all_tensors(t)) for t in (q_idx, q_feats))
+        order = torch.argsort(q_idx)
+        q_idx, q_feats = q_idx[order], q_feats[order]
+
+        pids = torch.as_tensor([r.pid for r in records], device=device)
+        cams = torch.as_tensor([r.camid for r in records], device=device)
+        gallery = indices >= num_query
+        g_idx = indices[gallery]
+        dist = pairwise_distance(q_feats, feats[gallery], metric=metric.metric).to(device)
+        junk = ((pids[g_idx][None] == pids[q_idx][:, None])
+                & (cams[g_idx][None] == cams[q_idx][:, None]))
+        dist = dist.masked_fill(junk, float("inf"))
+        k = min(self.top_k, g_idx.numel())
+        top_d, top_pos = dist.topk(k, dim=1, largest=False)
+        pad = self.top_k - k  # equal shapes on every rank, whatever its shard size
+        top_d = torch.nn.functional.pad(top_d, (0, pad), value=float("inf"))
+        top_i = torch.nn.functional.pad(g_idx[top_pos], (0, pad), value=-1)
+        if trainer.world_size > 1:
+            top_d, top_i = (torch.cat(gather_all_tensors(t), dim=1) for t in (top_d, top_i))
         folder = figure_folder(trainer)  # collective: before the rank check
         if trainer.global_rank != 0:
             return
-        records = trainer.datamodule.eval_records
-        num_query = trainer.datamodule.num_query
-        order = torch.argsort(local["indices"])
-        feats = local["features"][order].float()
-        if metric.normalize_features:
-            feats = torch.nn.functional.normalize(feats, dim=1)
-        pids = np.array([r.pid for r in records])
-        cams = np.array([r.camid for r in records])
-        chosen = np.linspace(0, num_query - 1, min(self.num_figure_queries, num_query))
-        chosen = np.unique(chosen.astype(int))
-        dist = pairwise_distance(feats[chosen], feats[num_query:], metric=metric.metric).cpu()
+        self.last_ranked = {}
         ranked_paths, ranked_correct = [], []
-        for row, q in zip(dist, chosen, strict=True):
-            g_pids, g_cams = pids[num_query:], cams[num_query:]
-            keep = ~((g_pids == pids[q]) & (g_cams == cams[q]))  # protocol: same pid+camera
-            cand = np.flatnonzero(keep)
-            top = cand[np.argsort(row.numpy()[cand], kind="stable")[: self.top_k]]
-            ranked_paths.append([records[num_query + g].path for g in top])
-            ranked_correct.append((g_pids[top] == pids[q]).tolist())
-        fig = ranked_list_figure([records[q].path for q in chosen], pids[chosen].tolist(),
-                                 ranked_paths, ranked_correct)
+        for q, d_row, i_row in zip(q_idx.tolist(), top_d.cpu().numpy(), top_i.cpu().numpy(),
+                                   strict=True):
+            valid = np.isfinite(d_row) & (i_row >= 0)
+            d_row, i_row = d_row[valid], i_row[valid]
+            top = i_row[np.lexsort((i_row, d_row))][: self.top_k]  # by distance, then index
+            self.last_ranked[q] = top.tolist()
+            ranked_paths.append([records[g].path for g in top])
+            ranked_correct.append([records[g].pid == records[q].pid for g in top])
+        fig = ranked_list_figure([records[q].path for q in q_idx.tolist()],
+                                 [records[q].pid for q in q_idx.tolist()], ranked_paths,
+                                 ranked_correct)
         log_figure(trainer, f"{stage}/ranked_list", fig, folder)

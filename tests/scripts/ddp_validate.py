@@ -7,7 +7,9 @@ Rank 0 writes the metrics, so the test can compare 1 and 2 processes.
 import json
 import sys
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from reidlab.callbacks import RetrievalEvaluation
 from reidlab.datamodules import ReIDDataModule
@@ -29,5 +31,18 @@ if __name__ == "__main__":
                          use_distributed_sampler=False, callbacks=[evaluation])
     trainer.validate(model, datamodule=dm)
     if trainer.global_rank == 0:
+        result = evaluation.last | {"num_eval": len(dm.eval_records),
+                                    "ranked": evaluation.last_ranked}
+        if devices == 1:  # brute-force ranking of the shown queries, for the test to compare
+            feats = torch.cat([model.extract_features(b[0]) for b in dm.val_dataloader()])
+            feats = torch.nn.functional.normalize(feats, dim=1).numpy()
+            recs, nq = dm.eval_records, dm.num_query
+            reference = {}
+            for q in map(int, evaluation.last_ranked):
+                gal = [g for g in range(nq, len(recs))
+                       if not (recs[g].pid == recs[q].pid and recs[g].camid == recs[q].camid)]
+                dist = 1 - feats[gal] @ feats[q]
+                reference[q] = [gal[i] for i in np.argsort(dist, kind="stable")[:10]]
+            result["reference"] = reference
         with open(out, "w") as f:
-            json.dump(evaluation.last | {"num_eval": len(dm.eval_records)}, f)
+            json.dump(result, f)
