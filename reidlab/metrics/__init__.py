@@ -1,4 +1,5 @@
-"""Retrieval evaluation: CMC / mAP / mINP, distances, k-reciprocal re-ranking, Metric."""
+"""Retrieval evaluation: CMC / mAP / mINP, distances, k-reciprocal re-ranking, Metric;
+pseudo-label quality."""
 
 from reidlab.metrics.functional import (
     evaluate_from_features,
@@ -9,6 +10,7 @@ from reidlab.metrics.functional import (
     re_ranking,
     re_ranking_features,
 )
+from reidlab.metrics.clustering import pseudo_label_quality
 from reidlab.metrics.retrieval import ReIDRetrievalMetric
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "iter_re_ranked",
     "iter_re_ranked_features",
     "pairwise_distance",
+    "pseudo_label_quality",
     "re_ranking",
     "re_ranking_features",
 ]

@@ -12,7 +12,7 @@ Ties in distance are broken by gallery index (a stable sort).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -471,18 +471,11 @@ def _reciprocal_mask(nbr: Tensor, k: int, step: int) -> Tensor:
     return out
 
 
-def _build_v(source, k1: int, k2: int, chunk_size: int | None):
-    """Sparse k-reciprocal feature vectors V (expanded, query-expanded) and the row maxima."""
+def _ranking(source, kmax: int, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """Row maxima of ``M^2`` and the first ``kmax`` entries of every row's ranking under ``d``."""
     n = source.n
-    kk1 = min(k1 + 1, n)
-    kkh = min(int(np.around(k1 / 2.0)) + 1, n)
-    kk2 = min(k2, n)
-    kmax = max(kk1, kk2)
-    dev = torch.device("cpu")  # sources are on the CPU (V is a scipy matrix)
-
-    # Pass 1: row maxima and the first kmax entries of every row's ranking.
-    row_max = torch.empty(n, dtype=torch.float32, device=dev)
-    nbr = torch.empty((n, kmax), dtype=torch.int64, device=dev)
+    row_max = torch.empty(n, dtype=torch.float32)
+    nbr = torch.empty((n, kmax), dtype=torch.int64)
     step = _rows_per_chunk(n, chunk_size)
     for s in range(0, n, step):
         e = min(s + step, n)
@@ -493,6 +486,41 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
         d = m2.div_(rmax[:, None])
         nbr[s:e] = torch.topk(d, kmax, dim=1, largest=False, sorted=True).indices
         del m2, d
+    return row_max, nbr
+
+
+def k_reciprocal_vectors(
+    nbr: Tensor, k1: int, k2: int, dist: Callable[[Tensor, Tensor], Tensor]
+) -> sp.csr_matrix:
+    """Sparse k-reciprocal feature vectors ``V`` (Zhong et al. 2017, eq. 7-11 with expansion).
+
+    ``R(i, k)`` = the first ``k + 1`` entries of row ``i`` of ``nbr`` (its ranking, ``i``
+    itself normally first) and ``R*(i, k) = {j in R(i, k) : i in R(j, k)}``. ``R*(i, k1)`` is
+    expanded by every ``R*(c, round(k1/2))``, ``c`` in ``R*(i, k1)``, sharing more than 2/3 of
+    its members with it; ``V[i, j] = exp(-d(i, j))`` on the expanded set, normalised to sum 1
+    (a softmax of ``-d``); then local query expansion ``V_i <- mean of V_j`` over the first
+    ``k2`` entries of row ``i`` of ``nbr`` (``k2 = 1`` disables it).
+
+    Shared by re-ranking (``d`` = its working distance) and
+    :func:`reidlab.clustering.jaccard_distance` (``d = 2 - 2 x_i.x_j``).
+
+    Args:
+        nbr: CPU int64 rankings, shape (N, kmax) with ``kmax >= max(min(k1 + 1, N),
+            min(k2, N))``, nearest first.
+        k1: Size of the k-reciprocal neighbourhood.
+        k2: Size of the local query expansion.
+        dist: ``dist(rows, cols)`` -> float32 distances ``d(rows[t], cols[t])``.
+
+    Returns:
+        ``V`` as an N x N float32 CSR matrix with sorted indices; every row sums to 1.
+    """
+    n = nbr.shape[0]
+    kk1 = min(k1 + 1, n)
+    kkh = min(int(np.around(k1 / 2.0)) + 1, n)
+    kk2 = min(k2, n)
+    if nbr.shape[1] < max(kk1, kk2):
+        raise ValueError(f"nbr has {nbr.shape[1]} columns, need {max(kk1, kk2)}")
+    dev = torch.device("cpu")  # V is a scipy matrix
 
     # k-reciprocal sets R(i, k1) and R(i, round(k1 / 2)).
     rstep = max(1, (1 << 22) // (kk1 * kk1))
@@ -527,7 +555,7 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
         rows, pos = keep.nonzero(as_tuple=True)
         cols = members[rows, pos]
         rows = rows + s
-        w = torch.exp(-_working_dist(source.entries(rows, cols), row_max[rows]))
+        w = torch.exp(-dist(rows, cols))
         wsum = torch.zeros(e - s, dtype=w.dtype, device=dev).index_add_(0, rows - s, w)
         data.append(w / wsum[rows - s])
         indices.append(cols)
@@ -551,7 +579,7 @@ def _build_v(source, k1: int, k2: int, chunk_size: int | None):
         v = sel @ v
         v.data /= np.float32(kk2)
         v.sort_indices()
-    return v, row_max
+    return v
 
 
 def _jaccard_chunks(
@@ -599,7 +627,11 @@ def _jaccard_chunks(
 def _re_ranked_chunks(
     source, k1: int, k2: int, lambda_value: float, chunk_size: int | None
 ) -> Iterator[tuple[int, int, Tensor]]:
-    v, row_max = _build_v(source, k1, k2, chunk_size)
+    n = source.n
+    row_max, nbr = _ranking(source, max(min(k1 + 1, n), min(k2, n)), chunk_size)
+    v = k_reciprocal_vectors(
+        nbr, k1, k2, lambda i, j: _working_dist(source.entries(i, j), row_max[i])
+    )
     for s, e, tmin in _jaccard_chunks(v, source.nq, chunk_size):
         # Jaccard distance d_J = 1 - s / (2 - s), final (1 - lambda) d_J + lambda d.
         jac = 1.0 - tmin / (2.0 - tmin)
