@@ -7,6 +7,11 @@ target's query + gallery) are collected from the RetrievalEvaluation callback.
 
     python benchmarks/uda_synthetic.py --rows direct_transfer oracle --seeds 0 1 2
     python benchmarks/uda_synthetic.py --rows direct_transfer --seeds 0 --epochs 2   # smoke
+    python benchmarks/uda_synthetic.py --rows base base_mb base_mean_net sbase sbase_dcdfa
+
+Rows whose model has ``pretrained: null`` (SBase, DCDFA) start from the direct-transfer
+Baseline of the same direction and seed: its checkpoint is kept in ``--ckpt-dir`` and
+trained first when missing.
 
 Writes a markdown table (mAP, rank-1/5/10 as mean +- std over seeds, wall time per run)
 to stdout, to ``docs/benchmarks/uda_synthetic.json`` (raw numbers, merged across
@@ -50,15 +55,33 @@ def swap_domains(value):
     return value
 
 
-def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Path) -> dict:
+def direct_transfer_path(reverse: bool, seed: int, ckpt_dir: Path) -> Path:
+    direction = next(d for d, r in DIRECTIONS.items() if r == reverse)
+    return ckpt_dir / f"direct_transfer_{direction.replace('->', '_to_')}_seed{seed}.ckpt"
+
+
+def direct_transfer_checkpoint(reverse: bool, seed: int, ckpt_dir: Path) -> Path:
+    """The direct-transfer Baseline of one direction and seed, trained when missing."""
+    path = direct_transfer_path(reverse, seed, ckpt_dir)
+    if not path.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            run_once("direct_transfer", reverse, seed, None, Path(tmp), ckpt_dir)
+    return path
+
+
+def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Path,
+             ckpt_dir: Path) -> dict:
     import pytorch_lightning as pl
 
-    from reidlab.callbacks import RetrievalEvaluation
+    from reidlab.callbacks import PseudoLabeling, RetrievalEvaluation
     from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
 
     config = yaml.safe_load((CONFIGS / f"{row}.yaml").read_text())
     if reverse:
         config["data"] = swap_domains(config["data"])
+    model_args = config["model"].setdefault("init_args", {})
+    if "pretrained" in model_args and not model_args["pretrained"]:
+        model_args["pretrained"] = str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))
     config["seed_everything"] = seed
     config.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
     trainer_cfg = config.setdefault("trainer", {})
@@ -74,8 +97,17 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
                      save_config_callback=None, args=["fit", "--config", str(path)])
     seconds = time.perf_counter() - start
+    if row == "direct_transfer" and epochs is None:  # the start of the UDA rows
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        cli.trainer.save_checkpoint(direct_transfer_path(reverse, seed, ckpt_dir))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
-    return {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}
+    result = {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}
+    labeler = next((c for c in cli.trainer.callbacks if isinstance(c, PseudoLabeling)), None)
+    if labeler is not None and labeler.history:  # quality of the last pseudo-labels
+        last = labeler.history[-1]
+        result |= {f"pseudo_{k}": last[k] for k in ("ari", "num_clusters", "outlier_fraction")
+                   if k in last}
+    return result
 
 
 def fmt(values: list[float], scale: float = 100.0) -> str:
@@ -132,6 +164,9 @@ def main() -> None:
     parser.add_argument("--directions", nargs="+", default=list(DIRECTIONS),
                         choices=list(DIRECTIONS))
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs (smoke)")
+    parser.add_argument("--ckpt-dir", type=Path,
+                        default=Path.home() / ".cache" / "reidlab" / "benchmarks",
+                        help="where the direct-transfer checkpoints are kept")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render the table from the saved results, run nothing")
@@ -147,7 +182,8 @@ def main() -> None:
             runs = []
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as tmp:
-                    res = run_once(row, DIRECTIONS[direction], seed, args.epochs, Path(tmp))
+                    res = run_once(row, DIRECTIONS[direction], seed, args.epochs, Path(tmp),
+                                   args.ckpt_dir)
                 print(f"{row} {direction} seed {seed}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in res.items()), flush=True)
                 runs.append(res | {"seed": seed})

@@ -55,3 +55,30 @@ def test_retrieval_evaluation_under_ddp_equals_single_process(tmp_path):
     # the ranked-list figure merges per-rank top-k lists into the single-process ranking
     assert len(one["ranked"]) == 3
     assert one["ranked"] == one["reference"] == two["ranked"]
+
+
+def test_pseudo_labels_teacher_and_memory_are_identical_across_ranks(tmp_path):
+    """SBase under 2-process DDP: rank 0 clusters, every rank gets the same labels, equal to
+    a single-process run (fit start, same model) and to clustering rank 0's gathered
+    features again; teacher, memory and target classifier stay identical across ranks."""
+    import torch
+
+    from reidlab.callbacks import PseudoLabeling
+
+    run_script("ddp_pseudo_labels.py", "2", str(tmp_path / "two"), tmp_path=tmp_path)
+    run_script("ddp_pseudo_labels.py", "1", str(tmp_path / "one"), tmp_path=tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"two.rank{r}.pt", weights_only=False) for r in (0, 1))
+    one = torch.load(tmp_path / "one.rank0.pt", weights_only=False)
+    assert len(r0["rounds"]) == len(r1["rounds"]) == 2
+    for a, b in zip(r0["rounds"], r1["rounds"], strict=True):
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+    first = r0["rounds"][0]
+    assert (first["labels"] >= 0).any()
+    np.testing.assert_array_equal(first["labels"], one["rounds"][0]["labels"])
+    torch.testing.assert_close(first["features"], one["rounds"][0]["features"])
+    again = PseudoLabeling(eps=0.9, min_samples=2, k1=6, k2=2).cluster(first["features"])
+    np.testing.assert_array_equal(again, first["labels"])
+    for key in ("teacher", "memory"):
+        for name in r0[key]:
+            torch.testing.assert_close(r0[key][name], r1[key][name], msg=f"{key}.{name}")
+    torch.testing.assert_close(r0["target_classifier"], r1["target_classifier"])

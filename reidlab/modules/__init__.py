@@ -2,7 +2,9 @@
 
 from reidlab.modules.base import ReIDModule
 from reidlab.modules.baseline import Baseline
+from reidlab.modules.dcdfa import DCDFA
+from reidlab.modules.sbase import SBase
 
-METHODS = {"baseline": Baseline}
+METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA}
 
-__all__ = ["METHODS", "Baseline", "ReIDModule"]
+__all__ = ["DCDFA", "METHODS", "Baseline", "ReIDModule", "SBase"]

@@ -1,0 +1,204 @@
+"""PseudoLabeling: re-cluster the target training set before the first epoch and after
+every epoch, and hand the labels to the DataModule and the module."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+
+from reidlab.callbacks.features import collect_features
+from reidlab.callbacks.figures import figure_folder, log_figure
+from reidlab.clustering import agglomerative, cluster_centers, dbscan, jaccard_distance
+from reidlab.metrics import pairwise_distance
+from reidlab.metrics.clustering import pseudo_label_quality
+
+METHODS = ("dbscan", "agglomerative")
+DISTANCES = ("jaccard", "cosine")
+
+
+class PseudoLabeling(pl.Callback):
+    """Clustering-based pseudo-labels for the target domain (SBase / DCDFA, and any method
+    with ``on_pseudo_labels``).
+
+    At fit start (unless a resumed run already has the labels of the coming epoch) and at
+    the end of every ``every_n_epochs``-th epoch (except the last):
+
+    1. every rank extracts its shard of the target training set with
+       ``module.clustering_features`` (the teacher where there is one; falls back to
+       ``extract_features``), optionally flip-averaged; shards are gathered with their
+       dataset indices and de-duplicated (:func:`~reidlab.callbacks.features.collect_features`);
+    2. rank 0 clusters: k-reciprocal Jaccard distance (k1, k2) or cosine distance, then
+       DBSCAN (eps, min_samples) or agglomerative clustering; outliers get -1; the labels
+       are broadcast;
+    3. the labels go to ``datamodule.set_pseudo_labels`` (the next epoch's loader uses them;
+       train with ``reload_dataloaders_every_n_epochs=1``) and to
+       ``module.on_pseudo_labels(labels, centers, features)`` with the cluster centres
+       ``(K, D)`` and all features ``(N, D)``.
+
+    Logs ``pseudo/num_clusters``, ``pseudo/outlier_fraction`` and, when the target's true
+    training ids are known (``quality=True``; synthetic data, benchmarks; never used for
+    training), ``pseudo/ari``, ``nmi``, ``pair_precision``, ``pair_recall`` with a plot over
+    epochs. Its state (labels, the epoch they are for, the history) is in the checkpoint.
+
+    Degenerate clusterings do not crash: when every sample is an outlier the target loss is
+    skipped for that epoch (with a warning); a single cluster or fewer samples than
+    ``min_samples`` are handled the same way by the modules.
+
+    Args:
+        method: ``dbscan`` or ``agglomerative``.
+        distance: ``jaccard`` (k-reciprocal, sparse) or ``cosine`` (dense N x N: small N).
+        eps: DBSCAN neighbourhood radius (0.6 in SBase).
+        min_samples: DBSCAN core-point size (4 in SBase).
+        n_clusters: agglomerative: fixed number of clusters.
+        distance_threshold: agglomerative: merge threshold instead of a fixed count.
+        linkage: agglomerative linkage.
+        k1: Jaccard k-reciprocal neighbourhood (30).
+        k2: Jaccard local query expansion (6).
+        search: ``exact`` or ``approx`` (pynndescent) neighbour search.
+        flip: flip-average the clustering features.
+        every_n_epochs: re-cluster after every n-th epoch.
+        quality: measure the labels against the target's true ids when available.
+    """
+
+    def __init__(
+        self,
+        method: str = "dbscan",
+        distance: str = "jaccard",
+        eps: float = 0.6,
+        min_samples: int = 4,
+        n_clusters: int | None = None,
+        distance_threshold: float | None = None,
+        linkage: str = "average",
+        k1: int = 30,
+        k2: int = 6,
+        search: str = "exact",
+        flip: bool = False,
+        every_n_epochs: int = 1,
+        quality: bool = True,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.method, self.distance = method, distance
+        self.eps, self.min_samples = eps, min_samples
+        self.n_clusters, self.distance_threshold, self.linkage = (
+            n_clusters, distance_threshold, linkage)
+        self.k1, self.k2, self.search = k1, k2, search
+        self.flip, self.every_n_epochs, self.quality = flip, every_n_epochs, quality
+        self.labels: np.ndarray | None = None
+        self.labels_epoch = -1  # the epoch the current labels were made for
+        self.history: list[dict[str, float]] = []
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(trainer.datamodule, "set_pseudo_labels"):
+            raise TypeError("PseudoLabeling needs a DataModule with set_pseudo_labels "
+                            "(CrossDomainDataModule)")
+        if self.labels is not None and self.labels_epoch == trainer.current_epoch:
+            # resumed: the module's classifier and memory came with the checkpoint
+            trainer.datamodule.set_pseudo_labels(self.labels)
+            return
+        self.recluster(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs == 0 and not last and not trainer.should_stop:
+            self.recluster(trainer, pl_module, for_epoch=epoch + 1)
+
+    # -- clustering ----------------------------------------------------------------------
+    def cluster(self, features: torch.Tensor, progress: bool = False) -> np.ndarray:
+        """Labels of ``features`` (-1 = outlier), clusters numbered 0..K-1."""
+        n = len(features)
+        if self.distance == "jaccard":
+            dist = jaccard_distance(features, self.k1, self.k2, search=self.search,
+                                    progress=progress)
+        else:
+            dist = pairwise_distance(features, features, metric="cosine").numpy()
+        if self.method == "dbscan":
+            return dbscan(dist, eps=self.eps, min_samples=self.min_samples)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        return agglomerative(dist, n_clusters=self.n_clusters,
+                             distance_threshold=self.distance_threshold, linkage=self.linkage)
+
+    def recluster(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                  for_epoch: int | None = None) -> np.ndarray:
+        """Extract, cluster (rank 0), broadcast, and hand the labels over."""
+        dm = trainer.datamodule
+        records = dm.target_data.train
+        feature_fn = getattr(pl_module, "clustering_features", pl_module.extract_features)
+        start = time.perf_counter()
+        features = collect_features(trainer, pl_module, records, feature_fn, flip=self.flip,
+                                    desc="target features")
+        show = trainer.progress_bar_callback is not None
+        labels = self.cluster(features, progress=show) if trainer.is_global_zero else None
+        labels = trainer.strategy.broadcast(labels, src=0)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels_epoch = trainer.current_epoch if for_epoch is None else for_epoch
+        centers = (cluster_centers(features, self.labels) if (self.labels >= 0).any()
+                   else features.new_zeros(0, features.shape[1]))
+        dm.set_pseudo_labels(self.labels)
+        if hasattr(pl_module, "on_pseudo_labels"):
+            pl_module.on_pseudo_labels(self.labels, centers, features)
+        self._report(trainer, records, time.perf_counter() - start)
+        return self.labels
+
+    # -- reporting -----------------------------------------------------------------------
+    def _report(self, trainer: pl.Trainer, records, seconds: float) -> None:
+        labels = self.labels
+        if self.quality and all(r.pid >= 0 for r in records):
+            stats = pseudo_label_quality(labels, np.array([r.pid for r in records]))
+        else:
+            num = float(np.unique(labels[labels >= 0]).size)
+            stats = {"num_clusters": num, "outlier_fraction": float((labels < 0).mean())}
+        stats["seconds"] = seconds
+        self.history.append({"epoch": float(self.labels_epoch), **stats})
+        if len(labels) and (labels < 0).all():
+            warnings.warn(f"every target sample is an outlier for epoch {self.labels_epoch}: "
+                          "the target losses are skipped this epoch", stacklevel=2)
+        folder = figure_folder(trainer) if self.quality else None  # collective
+        if not trainer.is_global_zero:
+            return
+        rank_zero_info("pseudo-labels for epoch {}: {}".format(
+            self.labels_epoch, ", ".join(f"{k} {v:.3g}" for k, v in stats.items())))
+        for logger in trainer.loggers:
+            logger.log_metrics({f"pseudo/{k}": v for k, v in stats.items()},
+                               step=trainer.global_step)
+        if folder is not None and "ari" in stats:
+            log_figure(trainer, "pseudo/quality", self.quality_figure(), folder)
+
+    def quality_figure(self) -> plt.Figure:
+        """Pseudo-label quality and cluster count over the re-clusterings so far."""
+        epochs = [h["epoch"] for h in self.history]
+        fig, (ax, ax_n) = plt.subplots(1, 2, figsize=(9, 3.2))
+        for key in ("ari", "nmi", "pair_precision", "pair_recall", "outlier_fraction"):
+            if all(key in h for h in self.history):
+                ax.plot(epochs, [h[key] for h in self.history], marker="o", label=key)
+        ax.set(xlabel="epoch", ylim=(0, 1.02), title="pseudo-label quality")
+        ax.legend(fontsize=7)
+        ax_n.plot(epochs, [h["num_clusters"] for h in self.history], marker="o", color="k")
+        ax_n.set(xlabel="epoch", title="clusters")
+        fig.tight_layout()
+        return fig
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": None if self.labels is None else self.labels.tolist(),
+                "labels_epoch": self.labels_epoch, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        labels = state_dict.get("labels")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.labels_epoch = state_dict.get("labels_epoch", -1)
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,106 @@
+"""DCDFA: Disentanglement-based Cross-Domain Feature Augmentation (Zhang et al., CVPR 2021),
+on top of :class:`~reidlab.modules.sbase.SBase`.
+
+The student's pooled feature is split by a CBAM channel attention ``m(F)`` into a
+domain-shared base and a domain-specific enhancement, ``b = m(F) * f``, ``e = (1 - m(F)) *
+f`` (eq. 2-3). Source and target samples are paired one-to-one at random and their bases
+swapped: ``r^t_i = b_i + e^t_j``, ``r^s_j = b_j + e^s_i`` (eq. 5). Losses on top of SBase's:
+the cross-domain ID loss L_CID (eq. 6, trainable temperature), the domain classification
+loss L_Domain (eq. 7) and L_RReID^b, the basic re-ID loss on the bases b_j of target samples
+(Sec. 3.3). At test time the teacher's f = b + e is used and the attention is discarded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reidlab.losses import cross_domain_id_loss, domain_classification_loss
+from reidlab.modules.sbase import SBase
+from reidlab.nn import ChannelAttention, DomainClassifier
+
+
+class DCDFA(SBase):
+    """SBase + DCDFA. Takes every :class:`SBase` argument, plus:
+
+    Args:
+        reduction: channel-attention reduction ratio r (8).
+        domain_dropout: dropout of the domain classifier blocks (0.1).
+        tau: initial value of the trainable L_CID temperature (1).
+        cid: use L_CID (paper Table 3 switch).
+        domain: use L_Domain (Table 3).
+        base_reid: use L_RReID^b (Table 3).
+        cid_weight: weight of L_CID (1).
+        domain_weight: weight of L_Domain (1).
+        base_reid_weight: weight of L_RReID^b (1).
+        test_with_base: test with the teacher's base feature b instead of f (the
+            "using b_j" row of Table 2).
+        **kwargs: :class:`SBase` arguments.
+    """
+
+    def __init__(
+        self,
+        reduction: int = 8,
+        domain_dropout: float = 0.1,
+        tau: float = 1.0,
+        cid: bool = True,
+        domain: bool = True,
+        base_reid: bool = True,
+        cid_weight: float = 1.0,
+        domain_weight: float = 1.0,
+        base_reid_weight: float = 1.0,
+        test_with_base: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.domain_classifier = DomainClassifier(self.feature_dim, reduction, domain_dropout)
+        self.tau = nn.Parameter(torch.tensor(float(tau)))
+
+    def build_attention(self, channels: int) -> nn.Module:
+        return ChannelAttention(channels, self.hparams.reduction)
+
+    def test_features(self, images: torch.Tensor) -> torch.Tensor:
+        fmap, f = self.test_encoder(images)
+        if self.hparams.test_with_base:
+            return self.test_encoder.attention(fmap) * f
+        return f
+
+    def pairing(self, num_source: int, num_target: int, device: torch.device) -> torch.Tensor:
+        """Target partner of each of the first ``min(Ns, Nt)`` source samples: a random
+        one-to-one pairing, drawn from the global step and rank (reproducible on resume)."""
+        gen = torch.Generator().manual_seed(self.global_step * 65_537 + self.global_rank)
+        n = min(num_source, num_target)
+        return torch.randperm(num_target, generator=gen)[:n].to(device)
+
+    def training_losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict]:
+        losses, out = super().training_losses(batch)
+        hp = self.hparams
+        src, tgt = out["source"], out["target"]
+        attention = self.student.attention
+        m_s, m_t = attention(src["fmap"]), attention(tgt["fmap"])
+        b_s, e_s = m_s * src["f"], (1 - m_s) * src["f"]  # eq. 2
+        b_t, e_t = m_t * tgt["f"], (1 - m_t) * tgt["f"]
+        j = self.pairing(len(b_s), len(b_t), b_s.device)
+        i = torch.arange(len(j), device=j.device)
+        f_s, f_t = src["f"][i], tgt["f"][j]
+        r_t = b_s[i] + e_t[j]  # eq. 5: identity of source i, target domain
+        r_s = b_t[j] + e_s[i]  # identity of target j, source domain
+        if hp.cid:
+            losses["cid"] = hp.cid_weight * cross_domain_id_loss(f_s, f_t, r_s, r_t, self.tau)
+        else:
+            losses["cid"] = 0.0 * self.tau
+        if hp.domain:
+            logits = self.domain_classifier(torch.cat([f_s, r_s, f_t, r_t]))
+            losses["domain"] = hp.domain_weight * domain_classification_loss(
+                *logits.split(len(j)))
+        else:
+            losses["domain"] = 0.0 * sum(p.sum() for p in self.domain_classifier.parameters())
+        if hp.base_reid:
+            losses["base_reid"] = hp.base_reid_weight * self.target_reid_loss(
+                b_t, self.neck.bn(b_t), out["t_pid"])
+        return losses, out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/tau", self.tau.detach(), batch_size=len(batch["source"][1]))
+        return loss
