@@ -151,7 +151,7 @@ def write_docs(markdown: str, command: str) -> None:
             "on the target domain's query + gallery).\n\n" + markdown + "\n")
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: body.rstrip("\n"), text) if pattern.search(text) else (
+    text = pattern.sub(lambda _: body.rstrip("\n") + "\n", text) if pattern.search(text) else (
         text.rstrip("\n") + "\n\n" + body)
     DOCS.write_text(text if text.endswith("\n") else text + "\n")
 
@@ -171,30 +171,40 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="re-render the table from the saved results, run nothing")
     args = parser.parse_args()
-    command = "python benchmarks/uda_synthetic.py " + " ".join(
-        a for a in sys.argv[1:] if a != "--report-only")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_docs else {}
-    for row in [] if args.report_only else args.rows:
-        for direction in args.directions:
-            runs = []
-            for seed in args.seeds:
+    # seed-major order, results saved after every run: an interrupted invocation keeps what
+    # it finished (whole seeds first)
+    for seed in [] if args.report_only else args.seeds:
+        for row in args.rows:
+            for direction in args.directions:
                 with tempfile.TemporaryDirectory() as tmp:
                     res = run_once(row, DIRECTIONS[direction], seed, args.epochs, Path(tmp),
                                    args.ckpt_dir)
                 print(f"{row} {direction} seed {seed}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in res.items()), flush=True)
-                runs.append(res | {"seed": seed})
-            results.setdefault(row, {})[direction] = runs
-    markdown = table(results)
-    print(markdown)
+                runs = [r for r in results.setdefault(row, {}).get(direction, [])
+                        if r["seed"] != seed]
+                results[row][direction] = sorted(runs + [res | {"seed": seed}],
+                                                 key=lambda r: r["seed"])
+                if not args.no_docs:
+                    save(results)
+    print(table(results))
     if not args.no_docs:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1))
-        write_docs(markdown, command)
+        save(results)
 
+
+def save(results: dict) -> None:
+    """Raw numbers to the JSON file, the table to docs/benchmarks.md."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    seeds = sorted({r["seed"] for by_dir in results.values() for runs in by_dir.values()
+                    for r in runs})
+    command = (f"python benchmarks/uda_synthetic.py --rows {' '.join(results)} --seeds "
+               + " ".join(map(str, seeds)))
+    write_docs(table(results), command)
 
 if __name__ == "__main__":
     main()

@@ -131,3 +131,25 @@ def test_pseudo_label_quality_all_outliers():
     q = pseudo_label_quality(np.full(5, -1), np.array([0, 0, 1, 1, 2]))
     assert q["num_clusters"] == 0 and q["outlier_fraction"] == 1.0
     assert q["pair_precision"] == 0.0 and q["pair_recall"] == 0.0
+
+
+def _blobs(sizes, dim=16, spread=0.02, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(len(sizes), dim, generator=gen), dim=1)
+    ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes))
+    return centres[ids] + spread * torch.randn(len(ids), dim, generator=gen), ids.numpy()
+
+
+def test_pseudo_labeling_cluster_recovers_blobs_and_survives_degenerate_input():
+    from reidlab.callbacks import PseudoLabeling
+
+    feats, ids = _blobs([12, 12, 12])
+    labels = PseudoLabeling(k1=8, k2=3).cluster(feats)
+    assert adjusted_rand_score(ids, labels) == 1.0
+    one, _ = _blobs([20])
+    assert set(PseudoLabeling(k1=8, k2=3).cluster(one)) == {0}  # a single cluster
+    few, _ = _blobs([3])
+    assert (PseudoLabeling(min_samples=4).cluster(few) == -1).all()  # N < min_samples
+    assert PseudoLabeling().cluster(torch.zeros(0, 16)).shape == (0,)
+    agg = PseudoLabeling(method="agglomerative", distance="cosine", n_clusters=3)
+    assert adjusted_rand_score(ids, agg.cluster(feats)) == 1.0

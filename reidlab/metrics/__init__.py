@@ -1,6 +1,7 @@
 """Retrieval evaluation: CMC / mAP / mINP, distances, k-reciprocal re-ranking, Metric;
 pseudo-label quality."""
 
+from reidlab.metrics.clustering import pseudo_label_quality
 from reidlab.metrics.functional import (
     evaluate_from_features,
     evaluate_rank,
@@ -10,7 +11,6 @@ from reidlab.metrics.functional import (
     re_ranking,
     re_ranking_features,
 )
-from reidlab.metrics.clustering import pseudo_label_quality
 from reidlab.metrics.retrieval import ReIDRetrievalMetric
 
 __all__ = [

@@ -19,6 +19,10 @@ from reidlab.losses import cross_domain_id_loss, domain_classification_loss
 from reidlab.modules.sbase import SBase
 from reidlab.nn import ChannelAttention, DomainClassifier
 
+# The paper leaves the trainable temperature unconstrained; a temperature driven to 0 or
+# below would make L_CID blow up, so it is clamped here (inactive in normal training).
+MIN_TAU = 0.01
+
 
 class DCDFA(SBase):
     """SBase + DCDFA. Takes every :class:`SBase` argument, plus:
@@ -26,7 +30,7 @@ class DCDFA(SBase):
     Args:
         reduction: channel-attention reduction ratio r (8).
         domain_dropout: dropout of the domain classifier blocks (0.1).
-        tau: initial value of the trainable L_CID temperature (1).
+        tau: initial value of the trainable L_CID temperature (1; clamped at 0.01).
         cid: use L_CID (paper Table 3 switch).
         domain: use L_Domain (Table 3).
         base_reid: use L_RReID^b (Table 3).
@@ -86,7 +90,8 @@ class DCDFA(SBase):
         r_t = b_s[i] + e_t[j]  # eq. 5: identity of source i, target domain
         r_s = b_t[j] + e_s[i]  # identity of target j, source domain
         if hp.cid:
-            losses["cid"] = hp.cid_weight * cross_domain_id_loss(f_s, f_t, r_s, r_t, self.tau)
+            tau = self.tau.clamp_min(MIN_TAU)
+            losses["cid"] = hp.cid_weight * cross_domain_id_loss(f_s, f_t, r_s, r_t, tau)
         else:
             losses["cid"] = 0.0 * self.tau
         if hp.domain:
