@@ -22,6 +22,7 @@ The "gap closed" column is (method - direct transfer) / (oracle - direct transfe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -167,16 +168,24 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=Path,
                         default=Path.home() / ".cache" / "reidlab" / "benchmarks",
                         help="where the direct-transfer checkpoints are kept")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 per process when running directions side by side)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render the table from the saved results, run nothing")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_docs else {}
-    # seed-major order, results saved after every run: an interrupted invocation keeps what
-    # it finished (whole seeds first)
+    if args.report_only and not args.no_docs:
+        write_docs_table(results)
+    # seed-major order, each run saved at once: an interrupted invocation keeps what it
+    # finished, whole seeds first
     for seed in [] if args.report_only else args.seeds:
         for row in args.rows:
             for direction in args.directions:
@@ -185,26 +194,39 @@ def main() -> None:
                                    args.ckpt_dir)
                 print(f"{row} {direction} seed {seed}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in res.items()), flush=True)
-                runs = [r for r in results.setdefault(row, {}).get(direction, [])
-                        if r["seed"] != seed]
-                results[row][direction] = sorted(runs + [res | {"seed": seed}],
-                                                 key=lambda r: r["seed"])
-                if not args.no_docs:
-                    save(results)
+                if args.no_docs:
+                    add_run(results, row, direction, res | {"seed": seed})
+                else:
+                    results = save(row, direction, res | {"seed": seed})
     print(table(results))
-    if not args.no_docs:
-        save(results)
 
 
-def save(results: dict) -> None:
-    """Raw numbers to the JSON file, the table to docs/benchmarks.md."""
+def add_run(results: dict, row: str, direction: str, run: dict) -> None:
+    runs = [r for r in results.setdefault(row, {}).get(direction, [])
+            if r["seed"] != run["seed"]]
+    results[row][direction] = sorted(runs + [run], key=lambda r: r["seed"])
+
+
+def save(row: str, direction: str, run: dict) -> dict:
+    """Merge one run into the JSON file (under a lock: several invocations, e.g. one per
+    direction, may run side by side) and re-render the table in docs/benchmarks.md."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    with open(Path(tempfile.gettempdir()) / "reidlab_uda_synthetic.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        add_run(results, row, direction, run)
+        RESULTS.write_text(json.dumps(results, indent=1))
+        write_docs_table(results)
+    return results
+
+
+def write_docs_table(results: dict) -> None:
     seeds = sorted({r["seed"] for by_dir in results.values() for runs in by_dir.values()
                     for r in runs})
     command = (f"python benchmarks/uda_synthetic.py --rows {' '.join(results)} --seeds "
                + " ".join(map(str, seeds)))
     write_docs(table(results), command)
+
 
 if __name__ == "__main__":
     main()

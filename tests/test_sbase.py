@@ -140,6 +140,16 @@ def test_cli_fit_two_epochs_from_a_baseline_checkpoint(config, tmp_path):
     if config == "sbase_dcdfa.yaml":
         assert "train/cid" in metrics and "train/domain" in metrics
     assert list((tmp_path / "uda").rglob("figures/pseudo_quality_epoch*.png"))
+    # the trained checkpoint loads without the Baseline checkpoint it started from
+    ckpt.unlink()
+    trained = next((tmp_path / "uda").rglob("*.ckpt"))
+    cls = DCDFA if config == "sbase_dcdfa.yaml" else SBase
+    model = cls.load_from_checkpoint(trained, map_location="cpu")
+    state = torch.load(trained, weights_only=False)["state_dict"]
+    for name, value in model.teacher.state_dict().items():
+        torch.testing.assert_close(value, state[f"teacher.{name}"])
+    images = torch.randn(2, 3, 32, 16)
+    assert model.extract_features(images).shape == (2, model.feature_dim)
 
 
 def _run(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, val: bool = False):

@@ -1,12 +1,16 @@
 """Losses: one concept per file."""
 
+from reidlab.losses.arn import contrastive_loss, difference_loss, reconstruction_loss
 from reidlab.losses.dcdfa import cross_domain_id_loss, domain_classification_loss
 from reidlab.losses.memory import memory_contrastive_loss
 from reidlab.losses.triplet import batch_hard_triplet_loss
 
 __all__ = [
     "batch_hard_triplet_loss",
+    "contrastive_loss",
     "cross_domain_id_loss",
+    "difference_loss",
     "domain_classification_loss",
     "memory_contrastive_loss",
+    "reconstruction_loss",
 ]

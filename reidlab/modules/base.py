@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
+from torch import nn
+
+# Constructor arguments naming where the initial weights come from. A checkpoint holds the
+# trained weights, so they are cleared in its saved hyperparameters: ``load_from_checkpoint``
+# then neither needs the original files nor downloads ImageNet weights.
+INIT_WEIGHT_ARGS = ("pretrained", "weights")
 
 
 class ReIDModule(pl.LightningModule):
@@ -18,6 +26,12 @@ class ReIDModule(pl.LightningModule):
 
     def test_features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and any(k in hparams for k in INIT_WEIGHT_ARGS):
+            checkpoint["hyper_parameters"] = dict(hparams) | {
+                k: None for k in INIT_WEIGHT_ARGS if k in hparams}
 
     @torch.no_grad()
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -42,3 +56,33 @@ class ReIDModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch)
+
+
+def load_baseline_parts(path: str, parts: dict[str, nn.Module],
+                        optional: tuple[str, ...] = ()) -> None:
+    """Load the weights of a source-trained :class:`~reidlab.modules.Baseline` into modules.
+
+    Args:
+        path: a Lightning checkpoint of the Baseline, or a plain state dict.
+        parts: checkpoint key prefix (``"backbone."``, ``"neck."``, ...) -> module to fill.
+        optional: prefixes whose keys may be missing (e.g. a parameter-free pooling).
+
+    Raises:
+        OSError: the file cannot be read. ValueError: it holds no ``backbone.*`` weights, or
+        a part does not fit (different backbone, width or number of classes).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise OSError(f"cannot read the pretrained Baseline checkpoint {path}: {err}") from err
+    state = state.get("state_dict", state)
+    if not any(k.startswith("backbone.") for k in state):
+        raise ValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
+                         "reidlab Baseline trained on the source")
+    for prefix, module in parts.items():
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=prefix not in optional)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: the '{prefix}*' weights do not fit this model "
+                             f"(backbone, backbone_width, num_classes?): {err}") from err

@@ -30,7 +30,7 @@ from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.mean_teacher import MeanTeacher
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss
-from reidlab.modules.base import ReIDModule
+from reidlab.modules.base import ReIDModule, load_baseline_parts
 from reidlab.nn import BNNeck, MemoryBank, ResNetBackbone, build_pooling
 
 
@@ -160,23 +160,9 @@ class SBase(ReIDModule):
 
     def load_pretrained(self, path: str) -> None:
         """Backbone, pooling and BNNeck (source classifier) from a Baseline checkpoint."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as err:
-            raise OSError(f"cannot read the pretrained Baseline checkpoint {path}: {err}") from err
-        state = state.get("state_dict", state)
-        groups = {"backbone.": self.student.backbone, "pool.": self.student.pool,
-                  "neck.": self.neck}
-        if not any(k.startswith("backbone.") for k in state):
-            raise ValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
-                             "reidlab Baseline trained on the source")
-        for prefix, module in groups.items():
-            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            try:
-                module.load_state_dict(part, strict=prefix != "pool.")
-            except RuntimeError as err:
-                raise ValueError(f"{path}: the '{prefix}*' weights do not fit this model "
-                                 f"(backbone, backbone_width, num_classes?): {err}") from err
+        load_baseline_parts(path, {"backbone.": self.student.backbone,
+                                   "pool.": self.student.pool, "neck.": self.neck},
+                            optional=("pool.",))
 
     def build_target(self, num_target: int, capacity: int | None = None) -> None:
         """Target classifier (``capacity`` rows) and memory bank for ``num_target`` images."""

@@ -1,5 +1,12 @@
 """Network building blocks: backbones, pooling, heads, attention, memory."""
 
+from reidlab.nn.arn import (
+    ConvLatentEncoder,
+    LatentDecoder,
+    StageLatentEncoder,
+    split_last_stage,
+    stage_out_channels,
+)
 from reidlab.nn.attention import ChannelAttention, DomainClassifier
 from reidlab.nn.backbones import ResNetBackbone, load_weights
 from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
@@ -8,10 +15,15 @@ from reidlab.nn.memory import MemoryBank
 __all__ = [
     "BNNeck",
     "ChannelAttention",
+    "ConvLatentEncoder",
     "DomainClassifier",
     "GeneralizedMeanPooling",
+    "LatentDecoder",
     "MemoryBank",
     "ResNetBackbone",
+    "StageLatentEncoder",
     "build_pooling",
     "load_weights",
+    "split_last_stage",
+    "stage_out_channels",
 ]
