@@ -2,7 +2,6 @@
 learning-rate groups and E_I freezing, pretrained loading, CLI fits and checkpoints."""
 
 import math
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -12,8 +11,8 @@ from reidlab.cli import main
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.losses import contrastive_loss, difference_loss, reconstruction_loss
 from reidlab.modules import ARN, METHODS, Baseline
+from tests.helpers import synthetic_cli_args
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 6, "height": 64, "width": 32}
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None, "last_stride": 1,
        "decoder_grid": (4, 2)}
@@ -223,29 +222,12 @@ def test_backbone_is_tuned_in_the_first_epochs_only(tmp_path):
 
 
 # -- CLI and checkpoints ---------------------------------------------------------------------
-def _cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
-    tiny = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
-    return [
-        "--config", str(ROOT / "examples" / "configs" / "synthetic" / config),
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-        "--trainer.check_val_every_n_epoch", "2", "--trainer.accelerator", "cpu",
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
-        "--data.init_args.source_kwargs", tiny, "--data.init_args.target_kwargs", tiny,
-        "--data.init_args.height", "32", "--data.init_args.width", "16",
-        "--data.init_args.num_workers", "0", "--data.init_args.num_ids", "2",
-        "--data.init_args.num_instances", "4", "--model.init_args.backbone_width", "0.25",
-        *extra,
-    ]
-
-
 def test_cli_fit_two_epochs_from_a_baseline_checkpoint_and_checkpoint_round_trip(tmp_path):
-    main(["fit", *_cli_args("direct_transfer.yaml", tmp_path / "dt",
+    main(["fit", *synthetic_cli_args("direct_transfer.yaml", tmp_path / "dt",
                             "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch",
                             "1")])
     baseline = next((tmp_path / "dt").rglob("*.ckpt"))
-    main(["fit", *_cli_args("arn.yaml", tmp_path / "arn", "--model.init_args.pretrained",
+    main(["fit", *synthetic_cli_args("arn.yaml", tmp_path / "arn", "--model.init_args.pretrained",
                             str(baseline))])
     metrics = next((tmp_path / "arn").rglob("metrics.csv")).read_text()
     for key in ("val/mAP", "train/class", "train/contrastive", "train/reconstruction",
@@ -266,7 +248,7 @@ def test_cli_fit_two_epochs_from_a_baseline_checkpoint_and_checkpoint_round_trip
 @pytest.mark.parametrize("config", ["arn_no_private.yaml", "arn_no_source.yaml",
                                     "arn_rec_only.yaml"])
 def test_cli_fit_of_the_ablation_configs(config, tmp_path):
-    main(["fit", *_cli_args(config, tmp_path, "--trainer.max_epochs", "1",
+    main(["fit", *synthetic_cli_args(config, tmp_path, "--trainer.max_epochs", "1",
                             "--trainer.limit_train_batches", "1",
                             "--trainer.check_val_every_n_epoch", "1")])
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()

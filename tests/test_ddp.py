@@ -1,21 +1,10 @@
 """A real 2-process CPU DDP run (gloo) of CrossDomainDataModule, in a subprocess."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
-SCRIPTS = Path(__file__).parent / "scripts"
-
-
-def run_script(name: str, *args: str, tmp_path: Path) -> None:
-    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+from tests.helpers import run_script
 
 
 def test_cross_domain_datamodule_under_ddp(tmp_path):

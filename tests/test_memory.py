@@ -1,10 +1,6 @@
 """MemoryBank (SBase memory, DCDFA Sec. 4.1) and the circle-re-weighted memory loss."""
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +8,7 @@ import torch.nn.functional as F
 
 from reidlab.losses import memory_contrastive_loss
 from reidlab.nn import MemoryBank
-
-SCRIPTS = Path(__file__).parent / "scripts"
-
-
-def run_script(name: str, *args: str, tmp_path: Path) -> None:
-    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+from tests.helpers import run_script
 
 
 def unit(*xs: float) -> torch.Tensor:

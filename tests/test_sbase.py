@@ -12,8 +12,8 @@ from reidlab.callbacks import MeanTeacher, PseudoLabeling
 from reidlab.cli import main
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.modules import DCDFA, Baseline, SBase
+from tests.helpers import synthetic_cli_args
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 6, "height": 64, "width": 32}
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None}
 
@@ -109,30 +109,13 @@ def test_all_outliers_skip_the_target_loss_with_a_warning(tmp_path):
     assert (labeler.labels == -1).all() and losses == [0.0, 0.0]
 
 
-def _cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
-    tiny = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
-    return [
-        "--config", str(ROOT / "examples" / "configs" / "synthetic" / config),
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-        "--trainer.check_val_every_n_epoch", "2", "--trainer.accelerator", "cpu",
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
-        "--data.init_args.source_kwargs", tiny, "--data.init_args.target_kwargs", tiny,
-        "--data.init_args.height", "32", "--data.init_args.width", "16",
-        "--data.init_args.num_workers", "0", "--data.init_args.num_ids", "2",
-        "--data.init_args.num_instances", "4", "--model.init_args.backbone_width", "0.25",
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize("config", ["sbase.yaml", "sbase_dcdfa.yaml"])
 def test_cli_fit_two_epochs_from_a_baseline_checkpoint(config, tmp_path):
-    main(["fit", *_cli_args("direct_transfer.yaml", tmp_path / "dt",
+    main(["fit", *synthetic_cli_args("direct_transfer.yaml", tmp_path / "dt",
                             "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch",
                             "1")])
     ckpt = next((tmp_path / "dt").rglob("*.ckpt"))
-    main(["fit", *_cli_args(config, tmp_path / "uda", "--model.init_args.pretrained",
+    main(["fit", *synthetic_cli_args(config, tmp_path / "uda", "--model.init_args.pretrained",
                             str(ckpt))])
     metrics = next((tmp_path / "uda").rglob("metrics.csv")).read_text()
     assert "val/mAP" in metrics and "pseudo/num_clusters" in metrics

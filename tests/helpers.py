@@ -1,0 +1,36 @@
+"""Helpers shared by test files: subprocess scripts (DDP runs) and tiny synthetic CLI runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).parent / "scripts"
+TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
+
+
+def run_script(name: str, *args: str, tmp_path: Path) -> None:
+    """Run ``tests/scripts/<name>`` in a subprocess (Lightning's DDP re-executes scripts)."""
+    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def synthetic_cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
+    """``reidlab fit`` arguments running ``examples/configs/synthetic/<config>`` at toy size
+    (2 epochs of 2 batches, 32x16 images, a quarter-width backbone, CSV logs in tmp_path)."""
+    return [
+        "--config", str(ROOT / "examples" / "configs" / "synthetic" / config),
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+        "--trainer.check_val_every_n_epoch", "2", "--trainer.accelerator", "cpu",
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        "--data.init_args.source_kwargs", TINY, "--data.init_args.target_kwargs", TINY,
+        "--data.init_args.height", "32", "--data.init_args.width", "16",
+        "--data.init_args.num_workers", "0", "--data.init_args.num_ids", "2",
+        "--data.init_args.num_instances", "4", "--model.init_args.backbone_width", "0.25",
+        *extra,
+    ]
