@@ -38,17 +38,16 @@ def relabel(labels: ArrayLike) -> np.ndarray:
 
 
 def _eps_graph(dist: sp.spmatrix, eps: float) -> sp.csr_matrix:
-    """The entries ``<= eps`` (and the stored diagonal) of ``dist``, each row sorted by
-    distance as scikit-learn expects; explicit zeros are kept."""
+    """The entries ``<= eps`` of ``dist`` (explicit zeros kept), each row sorted by distance as
+    scikit-learn expects."""
     g = sp.csr_matrix(dist)
-    n = g.shape[0]
-    row = np.repeat(np.arange(n), np.diff(g.indptr))
-    keep = (g.data <= eps) | (row == g.indices)
-    row, col, val = row[keep], g.indices[keep], g.data[keep]
+    keep = np.flatnonzero(g.data <= eps)
+    row = np.searchsorted(g.indptr, keep, side="right") - 1
+    val = g.data[keep]
     order = np.lexsort((val, row))
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum(np.bincount(row, minlength=n))
-    return sp.csr_matrix((val[order], col[order], indptr), shape=g.shape)
+    indptr = np.zeros(g.shape[0] + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(np.bincount(row, minlength=g.shape[0]))
+    return sp.csr_matrix((val[order], g.indices[keep][order], indptr), shape=g.shape)
 
 
 def dbscan(dist: ArrayLike | sp.spmatrix, eps: float = 0.6, min_samples: int = 4) -> np.ndarray:
@@ -57,8 +56,8 @@ def dbscan(dist: ArrayLike | sp.spmatrix, eps: float = 0.6, min_samples: int = 4
     A sparse ``dist`` (e.g. :func:`jaccard_distance`) lists the distances that exist; a missing
     entry means "not a neighbour", which equals DBSCAN on the dense matrix whenever the missing
     distances exceed ``eps`` (Jaccard: missing = 1, hence ``eps < 1`` is required). Only the
-    entries ``<= eps`` are handed to scikit-learn. A point counts in its own neighbourhood
-    (``min_samples`` includes it).
+    entries ``<= eps`` are handed to scikit-learn, which takes the missing diagonal as 0: a
+    point counts in its own neighbourhood (``min_samples`` includes it).
 
     Args:
         dist: N x N distances: scipy sparse matrix, numpy array or tensor.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -9,12 +12,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from reidlab.clustering.neighbors import as_features, knn, pair_sqdist
-from reidlab.metrics.functional import k_reciprocal_vectors
+from reidlab.clustering.reciprocal import k_reciprocal_vectors
 
-# Row-chunk buffer of the pairwise-min accumulation (rows x N elements), and the most
-# (row, row, column) triples generated at once.
-_BUFFER_ELEMS = 1 << 23
-_MAX_TRIPLES = 1 << 22
+# Pair-sum buffer of one row chunk (rows x N) and the most (row, row, column) triples
+# generated at once. Chunks are kept small so that their temporaries are recycled by the
+# allocator (mapping fresh pages is costly).
+_BUFFER_ELEMS = 1 << 22
+_MAX_TRIPLES = 1 << 18
+# A chunk with at least this many triples per buffer element finds its pairs by scanning the
+# buffer rather than by deduplicating and sorting its keys.
+_SCAN_FRACTION = 0.5
 
 
 def jaccard_distance(
@@ -38,8 +45,11 @@ def jaccard_distance(
 
     Rows of ``V`` sum to 1, so ``J = 1 - s / (2 - s)`` with ``s = sum_l min(V_il, V_jl)``,
     which is non-zero only for pairs sharing a column of ``V``: ``s`` is accumulated sparsely,
-    column by column, over the pairs of rows having that column. Memory grows with ``N * k1``
-    (times the query-expansion spread), never ``N * N``.
+    column by column, over the pairs of rows having that column. The result holds one entry
+    (8 bytes) per such pair: N times a data-dependent count bounded by the sizes of the V rows
+    and columns (a few hundred per row on well-clustered features, up to ~9,000 on
+    low-contrast ones; see docs/benchmarks.md), never N x N. The sparse steps run on one torch
+    thread (they are memory-bound; on a loaded machine a second thread made them slower).
 
     Args:
         features: Array or tensor (N, D); used as float32 on the CPU.
@@ -63,28 +73,76 @@ def jaccard_distance(
     if n == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
     kmax = max(min(k1 + 1, n), min(k2, n))
-    nbr, _ = knn(x, kmax, search=search, chunk_size=chunk_size, progress=progress)
-    v = k_reciprocal_vectors(nbr, k1, k2, lambda i, j: pair_sqdist(x, i, j))
-    return _jaccard_from_vectors(v, chunk_size, progress)
+    nbr, nbr_dist = knn(x, kmax, search=search, chunk_size=chunk_size, progress=progress)
+    with _one_thread():
+        v = k_reciprocal_vectors(nbr, k1, k2, _distance_lookup(x, nbr, nbr_dist))
+        del x, nbr, nbr_dist  # not needed for the pair sums, which hold the largest memory
+        return _jaccard_from_vectors(v, chunk_size, progress)
 
 
-def _chunk_bounds(row_cum: Tensor, max_rows: int) -> list[tuple[int, int]]:
-    """Row ranges with at most ``max_rows`` rows and (unless one row alone exceeds it)
-    ``_MAX_TRIPLES`` triples; ``row_cum[i]`` = triples of the rows before ``i``."""
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one intra-op thread. The sparse steps are many small memory-bound
+    ops: a second thread gains little, and on a loaded machine the per-op synchronisation of
+    the threads made them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _distance_lookup(
+    x: Tensor, nbr: Tensor, nbr_dist: Tensor
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``d(rows, cols)``: taken from the neighbour table where the pair is in it (most pairs of
+    the expanded sets), computed from the features otherwise."""
+    n = x.shape[0]
+    cols, order = torch.sort(nbr, dim=1)
+    keys = (torch.arange(n)[:, None] * n + cols).reshape(-1)  # sorted
+    table = nbr_dist.gather(1, order).reshape(-1)
+
+    def dist(rows: Tensor, cols: Tensor) -> Tensor:
+        q = rows * n + cols
+        at = torch.searchsorted(keys, q).clamp_max_(keys.numel() - 1)
+        hit = keys[at] == q
+        out = torch.where(hit, table[at], 0.0)
+        miss = (~hit).nonzero().flatten()
+        out[miss] = pair_sqdist(x, rows[miss], cols[miss])
+        return out
+
+    return dist
+
+
+def _chunk_bounds(row_cum: Tensor, max_rows: int | None) -> list[tuple[int, int]]:
+    """Row ranges ``[s, e)`` with at most ``_MAX_TRIPLES`` triples and ``(e - s) * N <=
+    _BUFFER_ELEMS`` (both unless one row alone exceeds them) and ``e - s <= max_rows``;
+    ``row_cum[i]`` = triples of the rows before ``i``."""
     n = row_cum.numel() - 1
     bounds, s = [], 0
     while s < n:
-        limit = int(torch.searchsorted(row_cum, row_cum[s] + _MAX_TRIPLES, right=True)) - 1
-        e = max(s + 1, min(limit, s + max_rows, n))
-        bounds.append((s, e))
-        s = e
+        e = int(torch.searchsorted(row_cum, row_cum[s] + _MAX_TRIPLES, right=True)) - 1
+        e = min(e, s + _BUFFER_ELEMS // n, s + (max_rows or n), n)
+        bounds.append((s, max(e, s + 1)))
+        s = bounds[-1][1]
     return bounds
 
 
 def _jaccard_from_vectors(
     v: sp.csr_matrix, chunk_size: int | None, progress: bool
 ) -> sp.csr_matrix:
-    """``J = 1 - s / (2 - s)`` for every pair of rows of ``v`` sharing a column."""
+    """``J = 1 - s / (2 - s)``, ``s = sum_l min(V_il, V_jl)``, for every pair of rows of ``v``
+    sharing a column, as a CSR matrix built row chunk by row chunk.
+
+    Each entry ``(i, l)`` is paired with every entry ``(j, l)`` of its column (triples
+    ``(i, j, min)``, ``i`` itself included: the diagonal); a chunk of rows sums its triples in
+    a rows x N buffer and finds its pairs, in CSR order, by scanning the buffer when the chunk
+    has many triples, else by keeping one key per pair (the last triple to claim it) and
+    sorting those: the cost follows the number of triples, not N^2. Both ``(i, j)`` and
+    ``(j, i)`` are summed over the shared columns in increasing ``l``, in one thread, so the
+    result is exactly symmetric.
+    """
     n = v.shape[0]
     indptr = torch.from_numpy(v.indptr.astype(np.int64))
     cols = torch.from_numpy(v.indices.astype(np.int64))
@@ -92,67 +150,56 @@ def _jaccard_from_vectors(
     row = torch.repeat_interleave(torch.arange(n), indptr.diff())
     # Column-major (CSC) view of the entries: rows increase within a column.
     csc = torch.sort(cols, stable=True).indices
-    colptr = torch.zeros(n + 1, dtype=torch.int64)
-    colptr[1:] = torch.cumsum(torch.bincount(cols, minlength=n), 0)
+    col_count = torch.bincount(cols, minlength=n)
+    colptr = torch.cumsum(col_count, 0) - col_count
     csc_rows, csc_vals = row[csc], vals[csc]
-    pos = torch.empty_like(csc)
-    pos[csc] = torch.arange(csc.numel())
-    # Entry (i, l) pairs with the entries of column l in rows after i (upper triangle only).
-    later = colptr[cols + 1] - pos - 1
-    cum = torch.zeros(later.numel() + 1, dtype=torch.int64)
-    cum[1:] = torch.cumsum(later, 0)
-    bounds = _chunk_bounds(cum[indptr], chunk_size or max(1, _BUFFER_ELEMS // n))
+    per_entry = col_count[cols]  # triples of each entry
+    cum = torch.zeros(cols.numel() + 1, dtype=torch.int64)
+    cum[1:] = torch.cumsum(per_entry, 0)
+    skip = colptr[cols] - cum[:-1]  # triple t of entry e pairs it with CSC position t + skip[e]
+    bounds = _chunk_bounds(cum[indptr], chunk_size)
+    del cols, csc, colptr, col_count
 
     buf = torch.zeros(max(e - s for s, e in bounds) * n, dtype=torch.float32)
-    owner = torch.full(buf.shape, -1, dtype=torch.int64)
-    out_i, out_j, out_s = [], [], []
+    owner = torch.full(buf.shape, -1, dtype=torch.int64)  # triple ids only grow: no reset
+    # Result arrays: at most one entry per triple. Only the used part of this reservation is
+    # touched, and it is shrunk in place at the end (no copy).
+    indices = np.empty(int(cum[-1]), dtype=np.int32)
+    data = np.empty(int(cum[-1]), dtype=np.float32)
+    idx_t, val_t = torch.from_numpy(indices), torch.from_numpy(data)
+    counts, m = torch.zeros(n, dtype=torch.int64), 0
     with tqdm(total=n, desc="jaccard", disable=not progress) as bar:
         for s, e in bounds:
             a, b = int(indptr[s]), int(indptr[e])
-            cnt, first = later[a:b], int(cum[a])
-            total = int(cum[b]) - first
-            tid = torch.arange(first, first + total)  # global triple ids
-            jpos = tid + torch.repeat_interleave(pos[a:b] + 1 - cum[a:b], cnt)
-            key = torch.repeat_interleave(row[a:b] - s, cnt) * n + csc_rows[jpos]
-            vmin = torch.minimum(torch.repeat_interleave(vals[a:b], cnt), csc_vals[jpos])
-            buf.index_add_(0, key, vmin)
-            # One representative per (i, j) pair: the last triple writing its id wins.
-            owner[key] = tid
-            ukey = torch.sort(key[owner[key] == tid]).values
-            out_s.append(buf[ukey])
-            buf[ukey] = 0.0
-            out_i.append(ukey // n + s)
-            out_j.append(ukey % n)
+            tid = torch.arange(int(cum[a]), int(cum[b]))
+            ent = torch.repeat_interleave(torch.arange(b - a), per_entry[a:b])
+            jpos = tid + skip[a:b][ent]
+            key = ((row[a:b] - s) * n)[ent] + csc_rows[jpos]  # (i - s) * N + j
+            buf.index_add_(0, key, torch.minimum(vals[a:b][ent], csc_vals[jpos]))
+            if key.numel() >= _SCAN_FRACTION * (e - s) * n:  # dense chunk: scan the buffer
+                key = buf[: (e - s) * n].nonzero().flatten()
+            else:  # one key per pair: the last triple to claim it, then sorted
+                owner[key] = tid
+                key = torch.sort(key[owner[key] == tid]).values
+            s_min = buf[key]
+            buf[key] = 0.0
+            r = key // n
+            jac = val_t[m : m + key.numel()]
+            torch.div(s_min, s_min.neg().add_(2.0), out=jac)
+            jac.neg_().add_(1.0).clamp_(0.0, 1.0)  # J = 1 - s / (2 - s)
+            idx_t[m : m + key.numel()] = key - r * n
+            jac[r + s == idx_t[m : m + key.numel()]] = 0.0  # the diagonal, exactly
+            counts[s:e] = torch.bincount(r, minlength=e - s)
+            m += key.numel()
             bar.update(e - s)
-    s_min = torch.cat(out_s)
-    jac = (1.0 - s_min / (2.0 - s_min)).clamp_(0.0, 1.0)
-    return _symmetric_csr(n, torch.cat(out_i), torch.cat(out_j), jac)
-
-
-def _symmetric_csr(n: int, ui: Tensor, uj: Tensor, uval: Tensor) -> sp.csr_matrix:
-    """CSR of ``U + U^T + 0 * I`` from the strict upper triangle ``U`` (sorted row-major),
-    built index by index so that no zero is dropped."""
-    n_up = torch.bincount(ui, minlength=n)
-    n_lo = torch.bincount(uj, minlength=n)
-    indptr = torch.zeros(n + 1, dtype=torch.int64)
-    indptr[1:] = torch.cumsum(n_lo + 1 + n_up, 0)
-    total = int(indptr[-1])
-    idx_dtype = torch.int32 if total < 2**31 - 1 else torch.int64
-    indices = torch.empty(total, dtype=idx_dtype)
-    data = torch.empty(total, dtype=torch.float32)
-    m = torch.arange(ui.numel())
-    # Row i: [lower entries (columns < i), diagonal, upper entries (columns > i)].
-    up_start = torch.cumsum(n_up, 0) - n_up
-    dest = indptr[ui] + n_lo[ui] + 1 + (m - up_start[ui])
-    indices[dest], data[dest] = uj.to(idx_dtype), uval
-    lo = torch.sort(uj, stable=True).indices  # U^T row-major: by column, then row
-    lo_start = torch.cumsum(n_lo, 0) - n_lo
-    lrow = uj[lo]
-    dest = indptr[lrow] + (m - lo_start[lrow])
-    indices[dest], data[dest] = ui[lo].to(idx_dtype), uval[lo]
-    diag = torch.arange(n)
-    dest = indptr[:-1] + n_lo
-    indices[dest], data[dest] = diag.to(idx_dtype), 0.0
-    return sp.csr_matrix(
-        (data.numpy(), indices.numpy(), indptr.to(idx_dtype).numpy()), shape=(n, n)
+    del idx_t, val_t, jac  # no view may outlive the in-place resize
+    indices.resize(m, refcheck=False)
+    data.resize(m, refcheck=False)
+    out_ptr = np.zeros(n + 1, dtype=np.int64)
+    out_ptr[1:] = np.cumsum(counts.numpy())
+    idx_dtype = np.int32 if m < 2**31 else np.int64
+    out = sp.csr_matrix(
+        (data, indices.astype(idx_dtype, copy=False), out_ptr.astype(idx_dtype)), shape=(n, n)
     )
+    out.has_sorted_indices = True
+    return out
