@@ -1,12 +1,13 @@
-"""Callbacks: pseudo-labelling, mean teacher, retrieval evaluation and figure logging."""
+"""Callbacks: pseudo-labelling (and IICS's stage schedule), mean teacher, retrieval evaluation and figure logging."""
 
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.figures import figure_folder, log_figure, ranked_list_figure
+from reidlab.callbacks.iics_stages import IICSStages
 from reidlab.callbacks.mean_teacher import MeanTeacher, update_momentum
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.callbacks.retrieval import RetrievalEvaluation
 
 __all__ = [
-    "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features", "figure_folder",
+    "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features", "figure_folder",
     "log_figure", "ranked_list_figure", "update_momentum",
 ]

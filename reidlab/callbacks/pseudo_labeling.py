@@ -23,6 +23,17 @@ METHODS = ("dbscan", "agglomerative")
 DISTANCES = ("jaccard", "cosine")
 
 
+def fit_start_epoch(trainer: pl.Trainer) -> int:
+    """The epoch a fit starts with, also inside ``on_fit_start`` of a resumed run (Lightning
+    restores its loops only after that hook, so ``trainer.current_epoch`` still reads 0
+    there): the checkpoint's count of processed epochs."""
+    loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+    try:
+        return int(loaded["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return trainer.current_epoch
+
+
 class PseudoLabeling(pl.Callback):
     """Clustering-based pseudo-labels for the target domain (SBase / DCDFA, and any method
     with ``on_pseudo_labels``).
@@ -104,11 +115,12 @@ class PseudoLabeling(pl.Callback):
         if not hasattr(trainer.datamodule, "set_pseudo_labels"):
             raise TypeError("PseudoLabeling needs a DataModule with set_pseudo_labels "
                             "(CrossDomainDataModule)")
-        if self.labels is not None and self.labels_epoch == trainer.current_epoch:
+        epoch = fit_start_epoch(trainer)
+        if self.labels is not None and self.labels_epoch == epoch:
             # resumed: the module's classifier and memory came with the checkpoint
             trainer.datamodule.set_pseudo_labels(self.labels)
             return
-        self.recluster(trainer, pl_module)
+        self.recluster(trainer, pl_module, for_epoch=epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch

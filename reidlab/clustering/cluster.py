@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.cluster import DBSCAN, AgglomerativeClustering
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
+from sklearn.cluster import DBSCAN
 from torch import Tensor
+from tqdm.auto import tqdm
 
 ArrayLike = np.ndarray | Tensor
 
@@ -94,23 +98,53 @@ def _dense(dist: ArrayLike | sp.spmatrix) -> np.ndarray:
     return out
 
 
+LINKAGES = ("average", "complete", "single")
+
+
+def _condensed(dist: ArrayLike | sp.spmatrix) -> np.ndarray:
+    """The upper triangle (scipy's condensed form) of a square matrix, or a condensed vector
+    as it is."""
+    if sp.issparse(dist):
+        dist = _dense(dist)
+    d = _numpy(dist)
+    if d.ndim == 1:
+        return d
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"dist must be a square matrix or a condensed vector, got shape "
+                         f"{d.shape}")
+    return squareform(d, checks=False)
+
+
+def _cut(n: int, merges: np.ndarray) -> np.ndarray:
+    """Labels of ``n`` leaves after applying the first merges of a scipy linkage matrix."""
+    comp = np.arange(n + len(merges))
+    for t in range(len(merges) - 1, -1, -1):  # parents before children
+        comp[merges[t, :2].astype(np.int64)] = comp[n + t]
+    return relabel(comp[:n])
+
+
 def agglomerative(
     dist: ArrayLike | sp.spmatrix,
     n_clusters: int | None = None,
     distance_threshold: float | None = None,
     linkage: str = "average",
 ) -> np.ndarray:
-    """Agglomerative clustering (scikit-learn, ``metric="precomputed"``) of a distance matrix.
+    """Agglomerative clustering of precomputed distances (scipy's hierarchical linkage).
 
     Merges the two closest clusters under ``linkage`` ("average", "complete" or "single")
     until ``n_clusters`` remain, or while the closest pair is nearer than
-    ``distance_threshold``. The matrix is used densely (N x N): a scipy sparse matrix is
-    densified with missing entries = 1 (the Jaccard distance of :func:`jaccard_distance`).
+    ``distance_threshold`` (scikit-learn's ``AgglomerativeClustering`` semantics, same
+    partitions). Distances may be negative (e.g. IICS eq. 5).
+
+    Memory: scipy works on the condensed upper triangle, N(N-1)/2 float64 values; pass that
+    vector directly (see :func:`condensed_distances`) to avoid ever holding N x N.
 
     Args:
-        dist: N x N distances: numpy array, tensor or scipy sparse matrix.
+        dist: N x N distances (numpy array, tensor, or scipy sparse matrix whose missing
+            entries count as 1, the Jaccard distance of :func:`jaccard_distance`), or the
+            condensed vector of length N(N-1)/2.
         n_clusters: Number of clusters (clamped to N with a warning).
-        distance_threshold: Linkage distance above which clusters are not merged.
+        distance_threshold: Linkage distance from which clusters are not merged.
         linkage: Linkage criterion.
 
     Returns:
@@ -118,10 +152,12 @@ def agglomerative(
     """
     if (n_clusters is None) == (distance_threshold is None):
         raise ValueError("give exactly one of n_clusters and distance_threshold")
-    d = _dense(dist)
-    if d.ndim != 2 or d.shape[0] != d.shape[1]:
-        raise ValueError(f"dist must be a square matrix, got shape {d.shape}")
-    n = d.shape[0]
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
+    y = _condensed(dist)
+    n = int(round((1 + np.sqrt(1 + 8 * len(y))) / 2))
+    if n * (n - 1) // 2 != len(y):
+        raise ValueError(f"a condensed distance vector of length {len(y)} fits no N")
     if n_clusters is not None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
@@ -130,13 +166,44 @@ def agglomerative(
             n_clusters = n
     if n <= 1:
         return np.zeros(n, dtype=np.int64)
-    model = AgglomerativeClustering(
-        n_clusters=n_clusters,
-        distance_threshold=distance_threshold,
-        metric="precomputed",
-        linkage=linkage,
-    )
-    return relabel(model.fit_predict(d))
+    if not np.isfinite(y).all():
+        raise ValueError("agglomerative clustering got non-finite distances")
+    merges = hierarchy.linkage(y, method=linkage)
+    del y
+    count = (n - n_clusters if n_clusters is not None
+             else int(np.searchsorted(merges[:, 2], distance_threshold, side="left")))
+    return _cut(n, merges[:count])
+
+
+def condensed_distances(
+    n: int,
+    rows: Callable[[int, int], Tensor],
+    chunk_size: int = 1024,
+    progress: bool = False,
+    desc: str = "distances",
+) -> np.ndarray:
+    """Build the condensed (upper-triangle) distance vector of ``n`` samples block by block.
+
+    Args:
+        n: number of samples.
+        rows: ``rows(i0, i1)`` -> distances ``(i1 - i0, n)`` of samples ``i0..i1-1`` to all.
+        chunk_size: rows per block (memory per block: ``chunk_size * n`` values).
+        progress: show a progress bar.
+        desc: its label.
+
+    Returns:
+        float64 vector of length n(n-1)/2, scipy's ``squareform`` order; the only
+        O(n^2) allocation.
+    """
+    out = np.empty(n * (n - 1) // 2, dtype=np.float64)
+    for i0 in tqdm(range(0, n, chunk_size), desc=desc, disable=not progress, leave=False):
+        i1 = min(i0 + chunk_size, n)
+        block = rows(i0, i1)
+        block = block.detach().cpu().numpy() if isinstance(block, Tensor) else block
+        for r in range(i0, i1):
+            start = r * n - r * (r + 1) // 2  # offset of (r, r + 1)
+            out[start: start + n - r - 1] = block[r - i0, r + 1:]
+    return out
 
 
 def cluster_centers(features: Tensor, labels: ArrayLike) -> Tensor:

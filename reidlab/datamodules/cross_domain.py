@@ -100,6 +100,7 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         super().__init__(height, width, flip_p, padding, erasing_p)
         self.save_hyperparameters()
         self.pseudo_labels: np.ndarray | None = None
+        self.label_sampler: str | None = None
 
     # -- data ----------------------------------------------------------------------------
     @cached_property
@@ -127,11 +128,17 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         self.source_data, self.target_data  # noqa: B018  (generates synthetic data once)
 
     # -- pseudo-labels -------------------------------------------------------------------
-    def set_pseudo_labels(self, labels: np.ndarray | list[int] | None) -> None:
+    def set_pseudo_labels(self, labels: np.ndarray | list[int] | None,
+                          sampler: str | None = None) -> None:
         """Pseudo-label of every target training sample, -1 for outliers (None clears).
 
-        Takes effect the next time the training loader is built.
+        Takes effect the next time the training loader is built. ``sampler`` overrides
+        ``target_sampler`` for these labels (IICS switches between ``per_camera`` and ``pk``
+        with its stages); None uses the configured one.
         """
+        if sampler is not None and sampler not in TARGET_SAMPLERS:
+            raise ValueError(f"sampler must be one of {TARGET_SAMPLERS}, got {sampler!r}")
+        self.label_sampler = sampler
         if labels is None:
             self.pseudo_labels = None
             return
@@ -143,10 +150,11 @@ class CrossDomainDataModule(ReIDDataModuleBase):
 
     def state_dict(self) -> dict[str, Any]:
         labels = self.pseudo_labels
-        return {"pseudo_labels": None if labels is None else labels.tolist()}
+        return {"pseudo_labels": None if labels is None else labels.tolist(),
+                "label_sampler": self.label_sampler}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.set_pseudo_labels(state_dict.get("pseudo_labels"))
+        self.set_pseudo_labels(state_dict.get("pseudo_labels"), state_dict.get("label_sampler"))
 
     # -- loaders -------------------------------------------------------------------------
     def target_train_dataloader(self) -> DataLoader:
@@ -157,7 +165,8 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         num_ids = hp.target_num_ids or hp.num_ids
         num_instances = hp.target_num_instances or hp.num_instances
         seed = hp.seed + 1  # not the source's shuffles
-        if hp.target_sampler == "per_camera":
+        kind = self.label_sampler or hp.target_sampler
+        if kind == "per_camera":
             world, rank = self._world()
             sampler = PerCameraBatchSampler([r.camid for r in records], hp.num_per_camera,
                                             num_batches=hp.iters_per_epoch, seed=seed,
@@ -166,8 +175,7 @@ class CrossDomainDataModule(ReIDDataModuleBase):
             sampler = self._train_sampler(records, np.zeros(len(records)), "random", num_ids,
                                           num_instances, seed)
         else:
-            sampler = self._train_sampler(records, labels, hp.target_sampler, num_ids,
-                                          num_instances, seed)
+            sampler = self._train_sampler(records, labels, kind, num_ids, num_instances, seed)
         return self._loader(ReIDImageDataset(records, self.train_transform, pids=pids), sampler)
 
     def train_dataloader(self) -> CombinedLoader:

@@ -4,8 +4,9 @@ from reidlab.modules.arn import ARN
 from reidlab.modules.base import ReIDModule
 from reidlab.modules.baseline import Baseline
 from reidlab.modules.dcdfa import DCDFA
+from reidlab.modules.iics import IICS
 from reidlab.modules.sbase import SBase
 
-METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA, "arn": ARN}
+METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA, "iics": IICS, "arn": ARN}
 
-__all__ = ["ARN", "DCDFA", "METHODS", "Baseline", "ReIDModule", "SBase"]
+__all__ = ["ARN", "DCDFA", "IICS", "METHODS", "Baseline", "ReIDModule", "SBase"]

@@ -1,5 +1,6 @@
-"""Network building blocks: backbones, pooling, heads, attention, memory."""
+"""Network building blocks: backbones, AIBN, pooling, heads, attention, memory."""
 
+from reidlab.nn.aibn import AIBN, aibn_alphas, convert_to_aibn
 from reidlab.nn.arn import (
     ConvLatentEncoder,
     LatentDecoder,
@@ -13,6 +14,7 @@ from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
 from reidlab.nn.memory import MemoryBank
 
 __all__ = [
+    "AIBN",
     "BNNeck",
     "ChannelAttention",
     "ConvLatentEncoder",
@@ -22,7 +24,9 @@ __all__ = [
     "MemoryBank",
     "ResNetBackbone",
     "StageLatentEncoder",
+    "aibn_alphas",
     "build_pooling",
+    "convert_to_aibn",
     "load_weights",
     "split_last_stage",
     "stage_out_channels",

@@ -1,0 +1,146 @@
+"""Adaptive Instance and Batch Normalization (AIBN; Xuan & Zhang, "Intra-Inter Camera
+Similarity for Unsupervised Person Re-Identification", CVPR 2021, Sec. 3.4, eq. 12)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ALPHA_SHARING = ("block", "layer", "none")
+
+
+class AIBN(nn.BatchNorm2d):
+    """Normalisation with a learnt mixture of batch and instance statistics (eq. 12):
+
+        x_hat = gamma * (x - (w mu_bn + (1 - w) mu_in)) / sqrt(w var_bn + (1 - w) var_in + eps)
+                + beta,        w = clamp(alpha, 0, 1)
+
+    ``mu_in, var_in`` are each sample's statistics over H x W (always computed). In
+    training ``mu_bn`` is the batch mean of ``mu_in`` and ``var_bn = mean(var_in + mu_in^2)
+    - mu_bn^2`` (the variance of the whole batch), and the running statistics are updated as
+    in BatchNorm (momentum, unbiased running variance); in eval mode the running statistics
+    take their place. ``alpha`` is clamped only in the forward pass, the parameter itself is
+    unconstrained (paper Sec. 3.4). ``alpha = 1`` is BatchNorm, ``alpha = 0`` is
+    InstanceNorm with affine parameters.
+
+    A subclass of ``nn.BatchNorm2d``, so a BatchNorm state dict (ImageNet weights, running
+    statistics) loads into it unchanged; the extra ``alpha`` may be a parameter shared with
+    other AIBN layers (see :func:`convert_to_aibn`).
+
+    Args:
+        num_features: channels.
+        alpha: a shared parameter (shape ``()``) or None for an own one initialised to
+            ``alpha_init``.
+        alpha_init: initial mixture weight (0.5 in the paper; the authors' code uses 0.1).
+        unbiased: use the unbiased (H*W - 1) instance variance, as the authors' code does;
+            the default is the biased variance of eq. 12's IN/BN, which makes ``alpha = 1``
+            exactly BatchNorm and ``alpha = 0`` exactly InstanceNorm.
+        eps, momentum: as in BatchNorm.
+    """
+
+    def __init__(self, num_features: int, alpha: nn.Parameter | None = None,
+                 alpha_init: float = 0.5, unbiased: bool = False, eps: float = 1e-5,
+                 momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.alpha = alpha if alpha is not None else nn.Parameter(torch.tensor(float(alpha_init)))
+        self.unbiased = unbiased
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"AIBN expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+        n, c, h, w = x.shape
+        flat = x.flatten(2)
+        mu_in = flat.mean(-1)                                   # (N, C)
+        var_in = flat.var(-1, unbiased=self.unbiased and h * w > 1)
+        if self.training:
+            mu_bn = mu_in.mean(0)                               # (C,)
+            var_bn = (var_in + mu_in.square()).mean(0) - mu_bn.square()
+            with torch.no_grad():
+                count = n * h * w
+                self.running_mean.lerp_(mu_bn.detach(), self.momentum)
+                self.running_var.lerp_(var_bn.detach() * count / max(count - 1, 1),
+                                       self.momentum)
+                self.num_batches_tracked.add_(1)
+        else:
+            mu_bn, var_bn = self.running_mean, self.running_var
+        weight = self.alpha.clamp(0, 1)
+        mean = weight * mu_bn + (1 - weight) * mu_in            # (N, C)
+        var = weight * var_bn + (1 - weight) * var_in
+        scale = self.weight * torch.rsqrt(var + self.eps)       # (N, C)
+        shift = self.bias - mean * scale
+        return x * scale[..., None, None] + shift[..., None, None]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, unbiased={self.unbiased}"
+
+
+def _to_aibn(bn: nn.BatchNorm2d, alpha: nn.Parameter, unbiased: bool) -> AIBN:
+    layer = AIBN(bn.num_features, alpha=alpha, unbiased=unbiased, eps=bn.eps,
+                 momentum=bn.momentum if bn.momentum is not None else 0.1)
+    layer.to(device=bn.weight.device, dtype=bn.weight.dtype)
+    layer.load_state_dict(bn.state_dict(), strict=False)  # affine + running statistics
+    return layer
+
+
+def convert_to_aibn(
+    backbone: nn.Module,
+    layers: Sequence[str] = ("layer3", "layer4"),
+    alpha_init: float = 0.5,
+    sharing: str = "block",
+    learn_alpha: bool = True,
+    unbiased: bool = False,
+) -> list[nn.Parameter]:
+    """Replace every BatchNorm2d of the named ResNet stages by :class:`AIBN`, in place.
+
+    Affine weights and running statistics (e.g. ImageNet's) are carried over, so at
+    ``alpha = 1`` in eval mode the converted network computes exactly what it did.
+
+    Args:
+        backbone: a module with the stages as attributes (``ResNetBackbone``, torchvision
+            ResNet).
+        layers: stage names (paper default layer3 + layer4; Table 4 compares others).
+        alpha_init: initial mixture weight.
+        sharing: ``block``: one alpha per residual block (bottleneck), shared by its BNs
+            and its downsample BN (paper default); ``layer``: one per stage; ``none``: one
+            per AIBN (paper Table 4).
+        learn_alpha: False keeps alpha fixed (paper Table 2, "AIBN (fixed)"; with
+            ``alpha_init=0`` it is InstanceNorm, the "+ IN" row).
+        unbiased: see :class:`AIBN`.
+
+    Returns:
+        The alpha parameters created (one per sharing group).
+    """
+    if sharing not in ALPHA_SHARING:
+        raise ValueError(f"sharing must be one of {ALPHA_SHARING}, got {sharing!r}")
+    alphas: list[nn.Parameter] = []
+
+    def new_alpha() -> nn.Parameter:
+        alphas.append(nn.Parameter(torch.tensor(float(alpha_init)), requires_grad=learn_alpha))
+        return alphas[-1]
+
+    for name in layers:
+        stage = getattr(backbone, name, None)
+        if stage is None:
+            raise ValueError(f"the backbone has no stage {name!r} to convert to AIBN")
+        stage_alpha = new_alpha() if sharing == "layer" else None
+        for block in stage.children():
+            block_alpha = new_alpha() if sharing == "block" else stage_alpha
+            for parent in list(block.modules()):
+                for child_name, child in parent.named_children():
+                    if type(child) is nn.BatchNorm2d:
+                        alpha = block_alpha if block_alpha is not None else new_alpha()
+                        setattr(parent, child_name, _to_aibn(child, alpha, unbiased))
+    if not alphas or not any(isinstance(m, AIBN) for m in backbone.modules()):
+        raise ValueError(f"no BatchNorm2d found in {list(layers)}")
+    return alphas
+
+
+def aibn_alphas(module: nn.Module) -> torch.Tensor:
+    """The distinct clamped mixture weights of a network's AIBN layers (for logging)."""
+    seen: dict[int, torch.Tensor] = {}
+    for m in module.modules():
+        if isinstance(m, AIBN):
+            seen.setdefault(id(m.alpha), m.alpha.detach().clamp(0, 1))
+    return torch.stack(list(seen.values())) if seen else torch.zeros(0)
