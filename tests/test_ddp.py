@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 
 from tests.helpers import run_script
 
@@ -50,7 +51,6 @@ def test_pseudo_labels_teacher_and_memory_are_identical_across_ranks(tmp_path):
     """SBase under 2-process DDP: rank 0 clusters, every rank gets the same labels, equal to
     a single-process run (fit start, same model) and to clustering rank 0's gathered
     features again; teacher, memory and target classifier stay identical across ranks."""
-    import torch
 
     from reidlab.callbacks import PseudoLabeling
 
@@ -71,3 +71,18 @@ def test_pseudo_labels_teacher_and_memory_are_identical_across_ranks(tmp_path):
         for name in r0[key]:
             torch.testing.assert_close(r0[key][name], r1[key][name], msg=f"{key}.{name}")
     torch.testing.assert_close(r0["target_classifier"], r1["target_classifier"])
+
+
+def test_iics_stages_under_ddp_agree_across_ranks(tmp_path):
+    run_script("ddp_iics.py", "2", str(tmp_path / "two"), tmp_path=tmp_path)
+    run_script("ddp_iics.py", "1", str(tmp_path / "one"), tmp_path=tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"two.rank{r}.pt", weights_only=False) for r in (0, 1))
+    one = torch.load(tmp_path / "one.rank0.pt", weights_only=False)
+    assert [s["sampler"] for s in r0["stages"]] == ["per_camera", "pk"]
+    for a, b in zip(r0["stages"], r1["stages"], strict=True):
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+    # the first clustering sees the same initial network with 1 or 2 processes
+    np.testing.assert_array_equal(r0["stages"][0]["labels"], one["stages"][0]["labels"])
+    assert r0["params"].keys() == one["params"].keys()
+    for key, value in r0["params"].items():  # DDP kept the replicas identical
+        torch.testing.assert_close(value, r1["params"][key], msg=key)

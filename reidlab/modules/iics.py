@@ -250,12 +250,14 @@ class IICS(ReIDModule):
         f = F.normalize(features.float(), dim=1)
         jaccard = (jaccard_distance(f, hp.k1, hp.k2) if hp.feature_distance == "rerank"
                    else None)
+        f = f.to(self.device)
 
         def rows(i0: int, i1: int) -> torch.Tensor:
             cos = 1 - f[i0:i1] @ f.T
             if jaccard is None:
                 return cos
-            return (1 - hp.rerank_lambda) * _dense_rows(jaccard, i0, i1) + hp.rerank_lambda * cos
+            return ((1 - hp.rerank_lambda) * _dense_rows(jaccard, i0, i1).to(cos)
+                    + hp.rerank_lambda * cos)
         return rows
 
     @torch.no_grad()
@@ -293,12 +295,14 @@ class IICS(ReIDModule):
                             progress: bool = False) -> np.ndarray:
         """Clustering of all samples on the inter-camera distance of ``inter_similarity``:
         eq. 5 ``(d_feat - mu_t Delta [cam_m != cam_n])``, eq. 9 ``(1 - Delta)`` or the CNN
-        distance alone; built block by block (memory: the condensed N(N-1)/2 vector)."""
+        distance alone; built block by block on the module's device (memory: the condensed
+        N(N-1)/2 float64 vector on the CPU, ``chunk_size x N`` per block; the score Jaccard
+        of a block is an L1 ``cdist``, cheap on a GPU, minutes at Market size on a CPU)."""
         hp = self.hparams
         sim = hp.inter_similarity
         feat_rows = self.feature_distance_rows(features) if sim != "eq9" else None
-        scores = self.camera_scores(features) if sim != "cnn" else None
-        cams = torch.as_tensor(camids)
+        scores = self.camera_scores(features).to(self.device) if sim != "cnn" else None
+        cams = torch.as_tensor(camids, device=self.device)
         mu_t = self.mu_at(rnd)
 
         def rows(i0: int, i1: int) -> torch.Tensor:

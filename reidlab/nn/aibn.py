@@ -51,7 +51,9 @@ class AIBN(nn.BatchNorm2d):
         if x.dim() != 4:
             raise ValueError(f"AIBN expects (N, C, H, W) input, got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
-        flat = x.flatten(2)
+        # statistics in (at least) float32, also under mixed precision
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        flat = xf.flatten(2)
         mu_in = flat.mean(-1)                                   # (N, C)
         var_in = flat.var(-1, unbiased=self.unbiased and h * w > 1)
         if self.training:
@@ -70,7 +72,8 @@ class AIBN(nn.BatchNorm2d):
         var = weight * var_bn + (1 - weight) * var_in
         scale = self.weight * torch.rsqrt(var + self.eps)       # (N, C)
         shift = self.bias - mean * scale
-        return x * scale[..., None, None] + shift[..., None, None]
+        out = xf * scale[..., None, None] + shift[..., None, None]
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, unbiased={self.unbiased}"

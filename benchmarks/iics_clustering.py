@@ -1,0 +1,123 @@
+"""Speed and memory of IICS's two clusterings at real-dataset size.
+
+* intra-camera: per camera, cosine distance + average-linkage agglomerative clustering into
+  600 clusters;
+* inter-camera: scores of every sample under every camera classifier (N x 600C), the
+  score Jaccard (eq. 9) and cosine distance combined by eq. 5, built block by block into the
+  condensed distance vector, then average-linkage clustering into 800 (MSMT17: 1200).
+
+The issue's bound: the inter-camera step runs within 4 GB at Market-1501 size (12,936
+samples, 6 cameras, 3,600-d scores). Features: 2048-d, from the clustered feature model of
+``clustering_speed.py``; camera ids uniform over the cameras; classifier weights random
+(so the scores are not uniform; the cost does not depend on them).
+
+    python benchmarks/iics_clustering.py                    # Market size, CPU
+    python benchmarks/iics_clustering.py --case msmt        # MSMT17 size (use a GPU)
+    python benchmarks/iics_clustering.py --write-docs
+
+Results accumulate in docs/benchmarks/iics_clustering.json; ``--write-docs`` (re)writes the
+section "## IICS clustering" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clustering_speed import make_features  # noqa: E402
+from eval_speed import PeakRSS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "benchmarks.md"
+RESULTS = REPO / "docs" / "benchmarks" / "iics_clustering.json"
+SECTION = "## IICS clustering"
+CASES = {  # samples, cameras, clusters per camera, inter-camera clusters
+    "market": (12936, 6, 600, 800),
+    "msmt": (32621, 15, 600, 1200),
+}
+
+
+def run(case: str, device: str, chunk_size: int) -> dict:
+    from reidlab.modules import IICS
+
+    n, cams, per_camera, inter = CASES[case]
+    feats, _ = make_features(n)
+    feats = feats.relu()  # pooled features are non-negative
+    camids = np.random.default_rng(0).integers(0, cams, n)
+    sizes = np.bincount(camids, minlength=cams)
+    model = IICS(backbone="resnet50", weights=None, chunk_size=chunk_size,
+                 inter_clusters=inter).to(device)
+    model.build_heads(range(cams), np.minimum(sizes, per_camera), inter)
+    gen = torch.Generator().manual_seed(0)
+    for clf in model.camera_classifiers:
+        clf.weight.data.copy_(torch.randn(clf.weight.shape, generator=gen) * 0.05)
+    result = {"case": case, "n": n, "cameras": cams, "score_dim": int(sum(
+        c.out_features for c in model.camera_classifiers)), "device": device,
+        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or "cpu"}
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        intra = model.intra_camera_labels(feats, camids)
+        result["intra_seconds"] = time.perf_counter() - start
+    result["intra_peak_gb"] = mem.extra / 2**30
+    result["intra_clusters"] = int(len(np.unique(intra)))
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        labels = model.inter_camera_labels(feats, camids, rnd=0, progress=True)
+        result["inter_seconds"] = time.perf_counter() - start
+    result["inter_peak_gb"] = mem.extra / 2**30
+    result["inter_clusters"] = int(len(np.unique(labels)))
+    return result
+
+
+def write_docs(results: dict) -> None:
+    lines = [SECTION, "", "Produced by `python benchmarks/iics_clustering.py [--case msmt]` "
+             "(2048-d synthetic features, random classifier weights; peak memory = growth "
+             "of the process's resident memory during the step). Bound from the issue: the "
+             "inter-camera step within 4 GB at Market-1501 size.", "",
+             "| case | samples | cameras | score dims | device | intra: time | intra: peak "
+             "| inter: time | inter: peak | bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results.values():
+        bound = "<= 4 GB" if r["case"] == "market" else "-"
+        lines.append(f"| {r['case']} | {r['n']:,} | {r['cameras']} | {r['score_dim']:,} | "
+                     f"{r['device']} ({r['torch_threads']} threads) | {r['intra_seconds']:.1f} s"
+                     f" | {r['intra_peak_gb']:.2f} GB | {r['inter_seconds']:.1f} s | "
+                     f"{r['inter_peak_gb']:.2f} GB | {bound} |")
+    body = "\n".join(lines) + "\n"
+    text = DOCS.read_text()
+    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
+    text = (pattern.sub(lambda _: body.rstrip("\n") + "\n", text) if pattern.search(text)
+            else text.rstrip("\n") + "\n\n" + body)
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=list(CASES), default="market")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = run(args.case, args.device, args.chunk_size)
+    print(json.dumps(result, indent=1))
+    results[f"{args.case}/{args.device}"] = result
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    if args.write_docs:
+        write_docs(results)
+
+
+if __name__ == "__main__":
+    main()
