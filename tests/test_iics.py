@@ -67,6 +67,24 @@ def test_small_cameras_get_fewer_clusters_without_affecting_later_cameras():
         np.testing.assert_array_equal(local, expected)
 
 
+def test_rerank_feature_distance_mixes_jaccard_and_cosine():
+    from reidlab.clustering import jaccard_distance
+
+    camids = np.array([0] * 30 + [1] * 3)   # camera 1 is smaller than k1
+    model = _model([0, 1], [5, 3], feature_distance="rerank", k1=6, k2=3, rerank_lambda=0.3)
+    features = torch.randn(len(camids), 16, generator=torch.Generator().manual_seed(2))
+    f = F.normalize(features, dim=1)
+    dense = np.ones((len(camids), len(camids)), dtype=np.float32)
+    stored = jaccard_distance(f, 6, 3).tocoo()
+    dense[stored.row, stored.col] = stored.data
+    expected = 0.7 * dense + 0.3 * (1 - f @ f.T).numpy()
+    rows = model.feature_distance_rows(features)
+    np.testing.assert_allclose(torch.cat([rows(0, 20), rows(20, 33)]).numpy(), expected,
+                               atol=1e-6)
+    labels = model.intra_camera_labels(features, camids)
+    assert sorted(set(labels[camids == 1])) == [5, 6, 7]
+
+
 def test_inter_camera_distance_is_eq5_built_blockwise():
     gen = torch.Generator().manual_seed(1)
     camids = np.array([0] * 6 + [1] * 5 + [2] * 7)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidlab.callbacks.iics_stages import IICSStages
 from reidlab.clustering import agglomerative, condensed_distances, jaccard_distance, score_jaccard
 from reidlab.losses import batch_hard_triplet_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
@@ -212,8 +213,6 @@ class IICS(ReIDModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """An :class:`~reidlab.callbacks.IICSStages` unless one is configured."""
-        from reidlab.callbacks.iics_stages import IICSStages
-
         present = self.trainer.callbacks if self._trainer else []
         return [] if any(isinstance(c, IICSStages) for c in present) else [IICSStages()]
 
