@@ -143,6 +143,7 @@ def test_pretrained_baseline_backbone_is_loaded_before_the_aibn_conversion(tmp_p
 def test_cli_fit_runs_one_round_with_both_stages(tmp_path):
     main(["fit", *synthetic_cli_args(
         "iics.yaml", tmp_path, "--model.init_args.rounds", "1",
+        "--model.init_args.intra_epochs", "1", "--model.init_args.inter_epochs", "1",
         "--model.init_args.intra_clusters", "4", "--model.init_args.inter_clusters", "8",
         "--data.init_args.num_per_camera", "2")])
     rows = list(csv.DictReader(next(Path(tmp_path).rglob("metrics.csv")).open()))
