@@ -154,6 +154,8 @@ def test_cli_fit_runs_one_round_with_both_stages(tmp_path):
     clusters = [float(r["pseudo/num_clusters"]) for r in rows if r.get("pseudo/num_clusters")]
     assert clusters[1] == 8  # the inter-camera stage's count
     assert any(r.get("val/mAP") for r in rows)
+    assert [float(r["pseudo/inter_stage"]) for r in rows if r.get("pseudo/inter_stage")] == [0, 1]
+    assert list(Path(tmp_path).rglob("figures/pseudo_quality_epoch*.png"))
 
 
 def _dm() -> CrossDomainDataModule:

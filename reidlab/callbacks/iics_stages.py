@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 
@@ -91,6 +92,19 @@ class IICSStages(PseudoLabeling):
         if reset_optimizer:
             pl_module.reset_optimizer(stage)
         dm.set_pseudo_labels(self.labels, sampler=STAGE_SAMPLERS[stage])
-        self._report(trainer, records, time.perf_counter() - clock)
-        self.history[-1].update(round=float(rnd), inter_stage=float(stage == "inter"))
+        self._report(trainer, records, time.perf_counter() - clock,
+                     extra={"round": float(rnd), "inter_stage": float(stage == "inter")})
         return self.labels
+
+    def quality_figure(self) -> plt.Figure:
+        """:meth:`PseudoLabeling.quality_figure` with the inter-camera stages shaded."""
+        fig = super().quality_figure()
+        epochs = [h["epoch"] for h in self.history]
+        spans = [(h["epoch"], epochs[i + 1] if i + 1 < len(epochs) else h["epoch"] + 1)
+                 for i, h in enumerate(self.history) if h.get("inter_stage")]
+        for ax in fig.axes:
+            for k, (begin, end) in enumerate(spans):
+                ax.axvspan(begin, end, color="0.9", zorder=0,
+                           label="inter-camera stage" if k == 0 else None)
+        fig.axes[0].legend(fontsize=7)
+        return fig

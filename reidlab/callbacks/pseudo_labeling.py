@@ -167,7 +167,8 @@ class PseudoLabeling(pl.Callback):
         return self.labels
 
     # -- reporting -----------------------------------------------------------------------
-    def _report(self, trainer: pl.Trainer, records, seconds: float) -> None:
+    def _report(self, trainer: pl.Trainer, records, seconds: float,
+                extra: dict[str, float] | None = None) -> None:
         labels = self.labels
         if self.quality and all(r.pid >= 0 for r in records):
             stats = pseudo_label_quality(labels, np.array([r.pid for r in records]))
@@ -175,6 +176,7 @@ class PseudoLabeling(pl.Callback):
             num = float(np.unique(labels[labels >= 0]).size)
             stats = {"num_clusters": num, "outlier_fraction": float((labels < 0).mean())}
         stats["seconds"] = seconds
+        stats.update(extra or {})
         self.history.append({"epoch": float(self.labels_epoch), **stats})
         if len(labels) and (labels < 0).all():
             warnings.warn(f"every target sample is an outlier for epoch {self.labels_epoch}: "
