@@ -21,15 +21,17 @@ class IICSStages(PseudoLabeling):
     after the last epoch of a stage, the next stage's labels are made: every rank extracts
     the (flip-averaged) pooled features of the target training set, rank 0 clusters them
     per camera (intra) or on the inter-camera distance (inter), the labels are broadcast and
-    go to :meth:`IICS.start_stage` (fresh classifiers) and :meth:`IICS.reset_optimizer`, and to the DataModule
-    with the stage's sampler: ``per_camera`` (the same number of images from every camera)
-    or ``pk`` (P clusters x K images).
+    go to :meth:`IICS.start_stage` (fresh classifiers), :meth:`IICS.reset_optimizer` and
+    the DataModule with the stage's sampler: ``per_camera`` (the same number of images from
+    every camera) or ``pk`` (P clusters x K images).
 
     Reporting and checkpointing are those of :class:`PseudoLabeling`: ``pseudo/*`` metrics
-    (intra-stage labels are numbered per camera, so their quality against the true ids
-    shows how far single-camera clusters are from identities), the quality figure, and the
-    labels with the epoch they were made for in the checkpoint, so a resumed run continues
-    in the same round and stage without re-clustering.
+    with ``pseudo/round`` and ``pseudo/inter_stage`` (intra-stage labels are numbered per
+    camera, so their quality against the true ids shows how far single-camera clusters are
+    from identities), the quality figure with the inter-camera stages shaded, and the labels
+    with the epoch they were made for in the checkpoint: a run resumed inside a stage
+    continues with them; one resumed from a checkpoint saved before a stage's clustering
+    (e.g. after validation) redoes that clustering and resets the optimizer it restored.
 
     Args:
         flip: flip-average the clustering features (paper's authors do).
