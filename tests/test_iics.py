@@ -171,9 +171,9 @@ def _run(tmp_path: Path, ckpt_path: str | None = None, val: bool = False):
                  inter_clusters=8)
     stages = IICSStages(flip=True)
     saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1,
-                                         filename="{epoch}")
+                                         filename="{epoch}", save_on_train_epoch_end=not val)
     callbacks = [stages, saver]
-    if val:  # the checkpoint is then saved before the epoch-end clustering
+    if val:  # checkpoints are then saved after validation, before the epoch-end hooks
         from reidlab.callbacks import RetrievalEvaluation
         callbacks.append(RetrievalEvaluation(num_figure_queries=0))
     trainer = pl.Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=2,
@@ -188,16 +188,20 @@ def _run(tmp_path: Path, ckpt_path: str | None = None, val: bool = False):
 
 @pytest.mark.parametrize("epoch, val", [(0, False), (1, False), (1, True)],
                          ids=["inside-the-intra-stage", "before-inter-stage",
-                              "saved-before-the-inter-clustering"])
+                              "saved-after-validation"])
 def test_resume_inside_a_round_matches_the_uninterrupted_run(tmp_path, epoch, val):
     full, full_dm, full_stages = _run(tmp_path / "full", val=val)
     assert [h["inter_stage"] for h in full_stages.history] == [0.0, 1.0, 0.0]
     assert full_dm.label_sampler == "per_camera"
     ckpt = tmp_path / "full" / "ckpt" / f"epoch={epoch}.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["callbacks"]
+    saved_epoch = next(v["labels_epoch"] for k, v in saved.items() if "IICSStages" in k)
+    # saved after validation: before the epoch-end clustering, which the resumed run redoes
+    assert saved_epoch == (0 if epoch == 0 or val else 2)
     resumed, resumed_dm, resumed_stages = _run(tmp_path / "resumed", str(ckpt), val=val)
     np.testing.assert_array_equal(full_stages.labels, resumed_stages.labels)
     np.testing.assert_array_equal(full_dm.pseudo_labels, resumed_dm.pseudo_labels)
-    # the same clusterings (one redone at the resume when the checkpoint predates it)
+    # the same clusterings, none twice
     assert ([h["epoch"] for h in resumed_stages.history]
             == [h["epoch"] for h in full_stages.history] == [0, 2, 3])
     a, b = full.state_dict(), resumed.state_dict()

@@ -141,7 +141,7 @@ def _run(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, val: boo
     model = DCDFA(num_classes=8, domain_dropout=0.0, **NET)
     labeler = PseudoLabeling(eps=0.9, min_samples=2, k1=6, k2=2)
     saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1,
-                                         filename="{epoch}")
+                                         filename="{epoch}", save_on_train_epoch_end=not val)
     extra = dict(limit_val_batches=1, check_val_every_n_epoch=1) if val else {}
     fit = trainer(tmp_path, [labeler, MeanTeacher(alpha=0.9), saver], max_epochs=max_epochs,
                   enable_checkpointing=True, **extra)
