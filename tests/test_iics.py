@@ -158,6 +158,15 @@ def test_cli_fit_runs_one_round_with_both_stages(tmp_path):
     assert list(Path(tmp_path).rglob("figures/pseudo_quality_epoch*.png"))
 
 
+def test_a_datamodule_with_a_source_is_refused(tmp_path):
+    dm = CrossDomainDataModule(source_kwargs=TINY, target_kwargs=TINY, height=32, width=16,
+                               num_workers=0)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="source=None"):
+        trainer.fit(IICS(**NET), dm)
+
+
 def _dm() -> CrossDomainDataModule:
     return CrossDomainDataModule(source=None, target_kwargs=TINY, height=32, width=16,
                                  num_ids=2, num_instances=4, num_per_camera=2, num_workers=0,

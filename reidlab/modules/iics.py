@@ -194,8 +194,15 @@ class IICS(ReIDModule):
                                                                device=device))
 
     def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if stage == "fit" and getattr(dm, "target_data", None) is None:
+            raise TypeError(f"IICS trains on CrossDomainDataModule(source=None, target=...), "
+                            f"got {type(dm).__name__}")
+        if stage == "fit" and getattr(dm, "source_data", None) is not None:
+            raise ValueError("IICS is fully unsupervised: give the DataModule source=None (a "
+                             "source would be loaded and never used)")
         if self.camera_classifiers is None and stage == "fit":
-            records = self.trainer.datamodule.target_data.train
+            records = dm.target_data.train
             camids = np.array([r.camid for r in records])
             cameras, sizes = np.unique(camids, return_counts=True)
             hp = self.hparams
