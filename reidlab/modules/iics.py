@@ -71,6 +71,10 @@ class IICS(ReIDModule):
     (``min(intra_clusters, camera images)`` per camera; ``inter_clusters``), so DDP and
     checkpoints always see the same parameters. Test feature: the pooled feature f.
 
+    Batch-norm batches: in the intra stage each camera's chunk of a batch (8 images), in the
+    inter stage the whole per-device batch (the paper trains on one GPU: 64 images; under
+    DDP every device draws its own 16 x 4 batch).
+
     Args:
         num_classes: ignored (no source; accepted because the CLI links it).
         pretrained: start the backbone from a :class:`~reidlab.modules.Baseline` checkpoint
