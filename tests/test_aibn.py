@@ -18,7 +18,7 @@ def _reference(x, alpha, gamma, beta, run_mean, run_var, training, eps=1e-5, unb
         vars_ = [x[i, j].var(unbiased=unbiased) for i in range(n)]
         if training:
             mu_bn = sum(mus) / n
-            var_bn = sum(v + m * m for v, m in zip(vars_, mus)) / n - mu_bn ** 2
+            var_bn = sum(v + m * m for v, m in zip(vars_, mus, strict=True)) / n - mu_bn ** 2
         else:
             mu_bn, var_bn = run_mean[j], run_var[j]
         for i in range(n):

@@ -372,7 +372,8 @@ class IICS(ReIDModule):
                              "images from every camera, in camera order (the per_camera "
                              "target sampler)")
         loss = images.new_zeros(())
-        for c, (chunk, y) in enumerate(zip(images.chunk(len(cams)), labels.chunk(len(cams)))):
+        chunks = zip(images.chunk(len(cams)), labels.chunk(len(cams)), strict=True)
+        for c, (chunk, y) in enumerate(chunks):
             local = y - self.camera_offsets[c]
             bn = self.neck.bn(self.pooled(chunk))
             logits = self.camera_classifiers[c](bn)
