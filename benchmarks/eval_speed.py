@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 SECTION = "## Retrieval evaluation speed"
 
 SIZES = {  # queries, gallery, identities, cameras, distractor gallery images (pid 0)
@@ -323,18 +324,6 @@ def table(results: dict, commands: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[nxt + 1 :] if nxt != -1 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(new)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -391,7 +380,7 @@ def main() -> None:
     text = table(results, commands)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        write_section(text)
 
 
 if __name__ == "__main__":

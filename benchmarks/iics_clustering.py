@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clustering_speed import make_features  # noqa: E402
+from docs_section import write_section  # noqa: E402
 from eval_speed import PeakRSS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "docs" / "benchmarks" / "iics_clustering.json"
 SECTION = "## IICS clustering"
 CASES = {  # samples, cameras, clusters per camera, inter-camera clusters
@@ -95,12 +94,7 @@ def write_docs(results: dict) -> None:
                      f"{r['device']} ({r['torch_threads']} threads) | {r['intra_seconds']:.1f} s"
                      f" | {r['intra_peak_gb']:.2f} GB | {r['inter_seconds']:.1f} s | "
                      f"{r['inter_peak_gb']:.2f} GB | {bound} | {r.get('note', '')} |")
-    body = "\n".join(lines) + "\n"
-    text = DOCS.read_text()
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    text = (pattern.sub(lambda _: body.rstrip("\n") + "\n", text) if pattern.search(text)
-            else text.rstrip("\n") + "\n\n" + body)
-    DOCS.write_text(text)
+    write_section("\n".join(lines))
 
 
 def main() -> None:

@@ -13,10 +13,8 @@ Quality is measured against the target's true ids (never available to a UDA meth
 from __future__ import annotations
 
 import argparse
-import fcntl
-import re
 import statistics
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,9 @@ from reidlab.datamodules import CrossDomainDataModule
 from reidlab.metrics import pseudo_label_quality
 from reidlab.modules import Baseline
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 SECTION = "## First pseudo-labels on the synthetic pair"
 DIRECTIONS = {"mall->street": ("synthetic:mall", "synthetic:street"),
               "street->mall": ("synthetic:street", "synthetic:mall")}
@@ -83,14 +82,7 @@ def main() -> None:
                 "model's pooled features of the target training set (100 ids x 16 images), "
                 "against the true ids; means over seeds. SBase / DCDFA use eps 0.6 (the "
                 "paper's).\n\n" + markdown + "\n")
-        # the lock of uda_synthetic.py, which may be writing the same file
-        with open(Path(tempfile.gettempdir()) / "reidlab_uda_synthetic.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            text = DOCS.read_text()
-            pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-            text = (pattern.sub(lambda _: body.rstrip("\n") + "\n", text)
-                    if pattern.search(text) else text.rstrip("\n") + "\n\n" + body)
-            DOCS.write_text(text)
+        write_section(body)
 
 
 if __name__ == "__main__":

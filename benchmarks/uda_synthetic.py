@@ -34,10 +34,12 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs" / "synthetic"
 RESULTS = ROOT / "docs" / "benchmarks" / "uda_synthetic.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Synthetic domain pair"
 DIRECTIONS = {"mall->street": False, "street->mall": True}
 METRICS = ("mAP", "rank1", "rank5", "rank10")
@@ -150,11 +152,7 @@ def write_docs(markdown: str, command: str) -> None:
     body = (f"{SECTION}\n\nProduced by `{command}` (CPU, this repository's configs in "
             "`examples/configs/synthetic/`; metrics in %, mean ± std over seeds, evaluated "
             "on the target domain's query + gallery).\n\n" + markdown + "\n")
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: body.rstrip("\n") + "\n", text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + body)
-    DOCS.write_text(text if text.endswith("\n") else text + "\n")
+    write_section(body)
 
 
 def main() -> None:
