@@ -344,3 +344,22 @@ def test_cluster_centers_equal_loop():
     gap = cluster_centers(feats.double(), torch.tensor([0] * 25 + [2] * 25))
     assert gap.dtype == torch.float64 and torch.all(gap[1] == 0)
     np.testing.assert_allclose(gap[2].numpy(), feats[25:].double().mean(0).numpy())
+
+
+def test_condensed_distances_ask_each_pair_once_and_match_squareform():
+    from scipy.spatial.distance import squareform
+
+    from reidlab.clustering import condensed_distances
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(23, 5, generator=gen)
+    full = torch.cdist(x, x)
+    asked = []
+
+    def rows(i0, i1, j0):
+        asked.append((i0, i1, j0))
+        return full[i0:i1, j0:]
+
+    got = condensed_distances(23, rows, chunk_size=7)
+    np.testing.assert_allclose(got, squareform(full.double().numpy(), checks=False), rtol=1e-6)
+    assert asked == [(0, 7, 0), (7, 14, 7), (14, 21, 14), (21, 23, 21)]

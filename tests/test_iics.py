@@ -81,6 +81,7 @@ def test_rerank_feature_distance_mixes_jaccard_and_cosine():
     rows = model.feature_distance_rows(features)
     np.testing.assert_allclose(torch.cat([rows(0, 20), rows(20, 33)]).numpy(), expected,
                                atol=1e-6)
+    np.testing.assert_allclose(rows(5, 20, 12).numpy(), expected[5:20, 12:], atol=1e-6)
     labels = model.intra_camera_labels(features, camids)
     assert sorted(set(labels[camids == 1])) == [5, 6, 7]
 

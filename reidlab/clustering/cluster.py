@@ -177,16 +177,20 @@ def agglomerative(
 
 def condensed_distances(
     n: int,
-    rows: Callable[[int, int], Tensor],
+    rows: Callable[[int, int, int], Tensor],
     chunk_size: int = 1024,
     progress: bool = False,
     desc: str = "distances",
 ) -> np.ndarray:
     """Build the condensed (upper-triangle) distance vector of ``n`` samples block by block.
 
+    Only the upper triangle is asked for: block ``i0..i1-1`` needs the samples from ``i0`` on,
+    so every pair is computed once (half the work of full rows).
+
     Args:
         n: number of samples.
-        rows: ``rows(i0, i1)`` -> distances ``(i1 - i0, n)`` of samples ``i0..i1-1`` to all.
+        rows: ``rows(i0, i1, j0)`` -> distances ``(i1 - i0, n - j0)`` of samples
+            ``i0..i1-1`` to samples ``j0..n-1`` (called with ``j0 = i0``).
         chunk_size: rows per block (memory per block: ``chunk_size * n`` values).
         progress: show a progress bar.
         desc: its label.
@@ -198,11 +202,11 @@ def condensed_distances(
     out = np.empty(n * (n - 1) // 2, dtype=np.float64)
     for i0 in tqdm(range(0, n, chunk_size), desc=desc, disable=not progress, leave=False):
         i1 = min(i0 + chunk_size, n)
-        block = rows(i0, i1)
+        block = rows(i0, i1, i0)
         block = block.detach().cpu().numpy() if isinstance(block, Tensor) else block
         for r in range(i0, i1):
             start = r * n - r * (r + 1) // 2  # offset of (r, r + 1)
-            out[start: start + n - r - 1] = block[r - i0, r + 1:]
+            out[start: start + n - r - 1] = block[r - i0, r + 1 - i0:]
     return out
 
 

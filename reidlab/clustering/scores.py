@@ -21,15 +21,16 @@ def score_jaccard(scores_a: Tensor, scores_b: Tensor) -> Tensor:
         scores_b: (B, D) on the same device.
 
     Returns:
-        (A, B) similarities in [0, 1], float32 (computed in float32 or float64 as given).
+        (A, B) similarities in [0, 1], in the scores' floating dtype (integers: float32).
     """
     if scores_a.dim() != 2 or scores_b.dim() != 2 or scores_a.shape[1] != scores_b.shape[1]:
         raise ValueError(f"score_jaccard needs (A, D) and (B, D) scores, got "
                          f"{tuple(scores_a.shape)} and {tuple(scores_b.shape)}")
     if not scores_a.is_floating_point():
-        scores_a, scores_b = scores_a.float(), scores_b.float()
-    l1 = torch.cdist(scores_a[None], scores_b.to(scores_a)[None], p=1)[0]
-    total = scores_a.sum(1)[:, None] + scores_b.to(scores_a).sum(1)[None, :]
+        scores_a = scores_a.float()
+    scores_b = scores_b.to(scores_a)
+    l1 = torch.cdist(scores_a[None], scores_b[None], p=1)[0]
+    total = scores_a.sum(1)[:, None] + scores_b.sum(1)[None, :]
     union = total + l1
     sim = (total - l1) / union.clamp_min(torch.finfo(union.dtype).tiny)
     return sim.clamp_(0, 1)

@@ -41,10 +41,11 @@ FEATURE_DISTANCES = ("cosine", "rerank")
 INTER_SIMILARITIES = ("eq5", "eq9", "cnn")
 
 
-def _dense_rows(matrix, i0: int, i1: int, missing: float = 1.0) -> torch.Tensor:
-    """Rows ``i0:i1`` of a sparse distance matrix, ``missing`` where no entry is stored."""
-    block = matrix[i0:i1].tocoo()
-    out = torch.full((i1 - i0, matrix.shape[1]), missing)
+def _dense_block(matrix, i0: int, i1: int, j0: int, missing: float = 1.0) -> torch.Tensor:
+    """Rows ``i0:i1``, columns ``j0:`` of a sparse distance matrix, ``missing`` where no
+    entry is stored."""
+    block = matrix[i0:i1, j0:].tocoo()
+    out = torch.full(block.shape, missing)
     out[torch.as_tensor(block.row, dtype=torch.long),
         torch.as_tensor(block.col, dtype=torch.long)] = torch.as_tensor(block.data,
                                                                          dtype=torch.float32)
@@ -253,7 +254,8 @@ class IICS(ReIDModule):
         return self.pooled(images)
 
     def feature_distance_rows(self, features: torch.Tensor):
-        """``rows(i0, i1)`` -> CNN-feature distances ``(i1 - i0, N)`` of ``features``:
+        """``rows(i0, i1, j0=0)`` -> CNN-feature distances ``(i1 - i0, N - j0)`` of
+        ``features[i0:i1]`` to ``features[j0:]``:
         cosine, or the re-ranking distance ``(1 - lambda) d_J + lambda d_cos`` (Zhong et al.
         2017, eq. 14, with the cosine distance as the original distance)."""
         hp = self.hparams
@@ -262,11 +264,11 @@ class IICS(ReIDModule):
                    else None)
         f = f.to(self.device)
 
-        def rows(i0: int, i1: int) -> torch.Tensor:
-            cos = 1 - f[i0:i1] @ f.T
+        def rows(i0: int, i1: int, j0: int = 0) -> torch.Tensor:
+            cos = 1 - f[i0:i1] @ f[j0:].T
             if jaccard is None:
                 return cos
-            return ((1 - hp.rerank_lambda) * _dense_rows(jaccard, i0, i1).to(cos)
+            return ((1 - hp.rerank_lambda) * _dense_block(jaccard, i0, i1, j0).to(cos)
                     + hp.rerank_lambda * cos)
         return rows
 
@@ -306,8 +308,9 @@ class IICS(ReIDModule):
         """Clustering of all samples on the inter-camera distance of ``inter_similarity``:
         eq. 5 ``(d_feat - mu_t Delta [cam_m != cam_n])``, eq. 9 ``(1 - Delta)`` or the CNN
         distance alone; built block by block on the module's device (memory: the condensed
-        N(N-1)/2 float64 vector on the CPU, ``chunk_size x N`` per block; the score Jaccard
-        of a block is an L1 ``cdist``, cheap on a GPU, minutes at Market size on a CPU)."""
+        N(N-1)/2 float64 vector on the CPU, ``chunk_size x N`` per block; each pair is
+        computed once; the score Jaccard of a block is an L1 ``cdist``, cheap on a GPU,
+        minutes at Market size on a CPU)."""
         hp = self.hparams
         sim = hp.inter_similarity
         feat_rows = self.feature_distance_rows(features) if sim != "eq9" else None
@@ -315,14 +318,14 @@ class IICS(ReIDModule):
         cams = torch.as_tensor(camids, device=self.device)
         mu_t = self.mu_at(rnd)
 
-        def rows(i0: int, i1: int) -> torch.Tensor:
+        def rows(i0: int, i1: int, j0: int) -> torch.Tensor:
             if sim == "cnn":
-                return feat_rows(i0, i1)
-            delta = score_jaccard(scores[i0:i1], scores)
+                return feat_rows(i0, i1, j0)
+            delta = score_jaccard(scores[i0:i1], scores[j0:])
             if sim == "eq9":
                 return 1 - delta
-            cross = cams[i0:i1, None] != cams[None, :]
-            return feat_rows(i0, i1) - mu_t * delta * cross
+            cross = cams[i0:i1, None] != cams[None, j0:]
+            return feat_rows(i0, i1, j0) - mu_t * delta * cross
 
         dist = condensed_distances(len(camids), rows, hp.chunk_size, progress=progress,
                                    desc="inter-camera distances")
