@@ -82,9 +82,9 @@ def write_docs(results: dict) -> None:
              "(2048-d synthetic features, random classifier weights; peak memory = growth "
              "of the process's resident memory during the step). Bound from the issue: the "
              "inter-camera step within 4 GB at Market-1501 size. The inter-camera time is "
-             "almost all the score Jaccard's L1 `cdist` (N^2 x score dims, 6 x 10^11 operations at "
-             "Market size), which a GPU does in seconds; the CPU figure is for CPU-only "
-             "users (no GPU was available to measure the GPU case).", "",
+             "almost all the score Jaccard's L1 `cdist` (N^2/2 x score dims, 3 x 10^11 "
+             "operations at Market size), which a GPU does in seconds; the CPU figure is for "
+             "CPU-only users (no GPU was available to measure the GPU case).", "",
              "| case | samples | cameras | score dims | device | intra: time | intra: peak "
              "| inter: time | inter: peak | bound | conditions |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
