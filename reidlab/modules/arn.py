@@ -30,9 +30,8 @@ from reidlab.modules.base import ReIDModule, load_baseline_parts
 from reidlab.nn import (
     ConvLatentEncoder,
     LatentDecoder,
-    ResNetBackbone,
     StageLatentEncoder,
-    split_last_stage,
+    build_backbone,
 )
 
 ENCODERS = ("fcn", "layer4")
@@ -93,9 +92,9 @@ class ARN(ReIDModule):
             :class:`~reidlab.modules.Baseline` whose backbone initialises E_I (and, with
             ``encoder="layer4"``, the three encoder copies); None starts from ``weights``.
             (Checkpoints store it as None: ``ARN.load_from_checkpoint`` does not need it.)
-        backbone: ResNet variant of E_I.
+        backbone: E_I's backbone (``resnet50``, ..., ``mobilenet_v2``).
         weights: E_I initialisation when not ``pretrained`` (``imagenet``, a file, None).
-        last_stride: stride of the last ResNet stage (2: the paper's plain ResNet-50).
+        last_stride: stride of the last backbone stage (2: the paper's plain ResNet-50).
         backbone_width: channel multiplier (< 1 for CPU runs).
         encoder: ``"fcn"`` (paper) or ``"layer4"`` (authors' code), see above.
         encoder_hidden: inner width of the ``fcn`` encoders (default: X's channels / 4).
@@ -158,12 +157,12 @@ class ARN(ReIDModule):
             raise ValueError(f"contrastive_reduction must be 'sum' or 'mean', "
                              f"got {contrastive_reduction!r}")
         self.save_hyperparameters()
-        net = ResNetBackbone(backbone, None if pretrained else weights, last_stride,
+        net = build_backbone(backbone, None if pretrained else weights, last_stride,
                              backbone_width)
         if pretrained:
             load_baseline_parts(pretrained, {"backbone.": net})
         if encoder == "layer4":
-            stage = split_last_stage(net)
+            stage = net.pop_last_stage()
 
             def make_encoder() -> nn.Module:
                 return StageLatentEncoder(stage)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from reidlab.losses import batch_hard_triplet_loss
 from reidlab.modules.base import ReIDModule
-from reidlab.nn import BNNeck, ResNetBackbone, build_pooling
+from reidlab.nn import BNNeck, build_backbone, build_pooling
 
 
 class Baseline(ReIDModule):
@@ -27,9 +27,11 @@ class Baseline(ReIDModule):
 
     Args:
         num_classes: training identities (linked from the datamodule by the CLI).
-        backbone: ``resnet50`` (default), ``resnet18``, ``resnet34``, ``resnet101``.
-        weights: ``"imagenet"``, a torchvision weight name, a file path, or None.
-        last_stride: stride of the last ResNet stage (1 in BoT).
+        backbone: ``resnet50`` (default), ``resnet18``, ``resnet34``, ``resnet101`` or
+            ``mobilenet_v2`` (the CPU benchmark's, with ``weights: mobilenet_v2_imagenet``).
+        weights: ``"imagenet"``, a torchvision weight name, a file path, a cached name
+            (:data:`reidlab.nn.LOCAL_WEIGHTS`) or None.
+        last_stride: stride of the last backbone stage (1 in BoT).
         backbone_width: channel multiplier of the backbone (< 1 for CPU runs, random init
             only). Not ``width``: that is the DataModule's image width, and Lightning merges
             both hparams when logging.
@@ -73,7 +75,7 @@ class Baseline(ReIDModule):
         if test_feature not in ("bn", "pooled"):
             raise ValueError(f"test_feature must be 'bn' or 'pooled', got {test_feature!r}")
         self.save_hyperparameters()
-        self.backbone = ResNetBackbone(backbone, weights, last_stride, backbone_width)
+        self.backbone = build_backbone(backbone, weights, last_stride, backbone_width)
         self.pool = build_pooling(pooling)
         self.neck = BNNeck(self.backbone.out_channels, num_classes)
 

@@ -33,7 +33,7 @@ from reidlab.callbacks.iics_stages import IICSStages
 from reidlab.clustering import agglomerative, condensed_distances, jaccard_distance, score_jaccard
 from reidlab.losses import batch_hard_triplet_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
-from reidlab.nn import BNNeck, ResNetBackbone, build_pooling
+from reidlab.nn import BNNeck, build_backbone, build_pooling
 from reidlab.nn.aibn import aibn_alphas, convert_to_aibn
 
 STAGES = ("intra", "inter")
@@ -83,7 +83,7 @@ class IICS(ReIDModule):
             over); the synthetic benchmark's stand-in for ImageNet pretraining.
         backbone, weights, last_stride, backbone_width, pooling: as in the Baseline.
         aibn: replace the BatchNorms of ``aibn_layers`` by AIBN (paper: layer3 + layer4).
-        aibn_layers: ResNet stages to convert.
+        aibn_layers: backbone stages to convert.
         alpha_init: initial AIBN mixture weight (paper 0.5).
         learn_alpha: train alpha (False: "AIBN (fixed)"; with alpha_init 0: "+ IN").
         alpha_sharing: ``block`` (one alpha per bottleneck, paper), ``layer`` or ``none``.
@@ -165,7 +165,7 @@ class IICS(ReIDModule):
             raise ValueError(f"inter_similarity must be one of {INTER_SIMILARITIES}, "
                              f"got {inter_similarity!r}")
         self.save_hyperparameters()
-        self.backbone = ResNetBackbone(backbone, None if pretrained else weights, last_stride,
+        self.backbone = build_backbone(backbone, None if pretrained else weights, last_stride,
                                        backbone_width)
         if pretrained:
             load_baseline_parts(pretrained, {"backbone.": self.backbone})

@@ -31,7 +31,7 @@ from reidlab.callbacks.mean_teacher import MeanTeacher
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
-from reidlab.nn import BNNeck, MemoryBank, ResNetBackbone, build_pooling
+from reidlab.nn import BNNeck, MemoryBank, build_backbone, build_pooling
 
 
 class Encoder(nn.Module):
@@ -83,9 +83,9 @@ class SBase(ReIDModule):
         num_classes: source training identities (linked from the DataModule by the CLI).
         pretrained: Lightning checkpoint (or state dict) of a source-trained
             :class:`~reidlab.modules.Baseline`; None starts from ``weights``.
-        backbone: ResNet variant.
+        backbone: as in the Baseline (ResNet variant or ``mobilenet_v2``).
         weights: backbone initialisation when not ``pretrained`` (``imagenet``, a file, None).
-        last_stride: stride of the last ResNet stage.
+        last_stride: stride of the last backbone stage.
         backbone_width: channel multiplier (< 1 for CPU runs).
         pooling: ``avg``, ``max`` or ``gem``.
         mean_teacher: keep a mean teacher for clustering and test features (Mean-Net).
@@ -136,7 +136,7 @@ class SBase(ReIDModule):
         if num_classes < 1:
             raise ValueError(f"{type(self).__name__} needs num_classes >= 1 (source identities)")
         self.save_hyperparameters()
-        net = ResNetBackbone(backbone, None if pretrained else weights, last_stride,
+        net = build_backbone(backbone, None if pretrained else weights, last_stride,
                              backbone_width)
         channels = net.out_channels
         self.student = Encoder(net, build_pooling(pooling), self.build_attention(channels))

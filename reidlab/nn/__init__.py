@@ -1,20 +1,26 @@
 """Network building blocks: backbones, AIBN, pooling, heads, attention, memory."""
 
 from reidlab.nn.aibn import AIBN, aibn_alphas, convert_to_aibn
-from reidlab.nn.arn import (
-    ConvLatentEncoder,
-    LatentDecoder,
-    StageLatentEncoder,
-    split_last_stage,
+from reidlab.nn.arn import ConvLatentEncoder, LatentDecoder, StageLatentEncoder
+from reidlab.nn.attention import ChannelAttention, DomainClassifier
+from reidlab.nn.backbones import (
+    BACKBONES,
+    Backbone,
+    MobileNetV2Backbone,
+    ResNetBackbone,
+    build_backbone,
     stage_out_channels,
 )
-from reidlab.nn.attention import ChannelAttention, DomainClassifier
-from reidlab.nn.backbones import ResNetBackbone, load_weights
 from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
 from reidlab.nn.memory import MemoryBank
+from reidlab.nn.weights import LOCAL_WEIGHTS, load_weights
 
 __all__ = [
     "AIBN",
+    "BACKBONES",
+    "Backbone",
+    "LOCAL_WEIGHTS",
+    "MobileNetV2Backbone",
     "BNNeck",
     "ChannelAttention",
     "ConvLatentEncoder",
@@ -25,9 +31,9 @@ __all__ = [
     "ResNetBackbone",
     "StageLatentEncoder",
     "aibn_alphas",
+    "build_backbone",
     "build_pooling",
     "convert_to_aibn",
     "load_weights",
-    "split_last_stage",
     "stage_out_channels",
 ]

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from reidlab.nn.backbones import Backbone
+
 ALPHA_SHARING = ("block", "layer", "none")
 
 
@@ -101,8 +103,8 @@ def convert_to_aibn(
     ``alpha = 1`` in eval mode the converted network computes exactly what it did.
 
     Args:
-        backbone: a module with the stages as attributes (``ResNetBackbone``, torchvision
-            ResNet).
+        backbone: a :class:`~reidlab.nn.Backbone` (ResNet, MobileNetV2), or a module
+            with the stages as attributes (torchvision ResNet).
         layers: stage names (paper default layer3 + layer4; Table 4 compares others).
         alpha_init: initial mixture weight.
         sharing: ``block``: one alpha per residual block (bottleneck), shared by its BNs
@@ -124,7 +126,8 @@ def convert_to_aibn(
         return alphas[-1]
 
     for name in layers:
-        stage = getattr(backbone, name, None)
+        stage = (backbone.stage(name) if isinstance(backbone, Backbone)
+                 else getattr(backbone, name, None))
         if stage is None:
             raise ValueError(f"the backbone has no stage {name!r} to convert to AIBN")
         stage_alpha = new_alpha() if sharing == "layer" else None

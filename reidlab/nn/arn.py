@@ -6,10 +6,11 @@ the decoder D_C that reconstructs X from the latent features.
 Two encoder forms:
 
 * :class:`ConvLatentEncoder` (the paper's): a three-layer fully convolutional network on
-  X (the last ResNet stage's map), globally average-pooled to a ``latent_dim`` vector;
+  X (the last backbone stage's map), globally average-pooled to a ``latent_dim`` vector;
 * :class:`StageLatentEncoder` (the authors' public code): an independent copy of the
-  last ResNet stage (``layer4``) on the ``layer3`` map, average-pooled; the copies start
-  from the same weights (:func:`split_last_stage` takes ``layer4`` out of the backbone).
+  last backbone stage (``layer4``) on the ``layer3`` map, average-pooled; the copies
+  start from the same weights (:meth:`~reidlab.nn.Backbone.pop_last_stage` takes the
+  stage out of the backbone).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidlab.nn.backbones import ResNetBackbone
+from reidlab.nn.backbones import stage_out_channels
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
@@ -59,7 +60,7 @@ class ConvLatentEncoder(nn.Module):
 
 
 class StageLatentEncoder(nn.Module):
-    """E_C / E_S / E_T as in the authors' code: a copy of a ResNet stage (``layer4``) on
+    """E_C / E_S / E_T as in the authors' code: a copy of a backbone stage (``layer4``) on
     the previous stage's map, then global average pooling.
 
     Args:
@@ -75,23 +76,6 @@ class StageLatentEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, latent_dim)``."""
         return self.stage(x).mean(dim=(2, 3))
-
-
-def stage_out_channels(stage: nn.Module) -> int:
-    """Output channels of a torchvision ResNet stage (its last BatchNorm's width)."""
-    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not norms:
-        raise ValueError("expected a ResNet stage with BatchNorm2d layers")
-    return norms[-1].num_features
-
-
-def split_last_stage(backbone: ResNetBackbone) -> nn.Module:
-    """Take ``layer4`` out of ``backbone`` (replaced by the identity, so the backbone now
-    ends with ``layer3``, and ``out_channels`` says so) and return it."""
-    stage = backbone.layer4
-    backbone.layer4 = nn.Identity()
-    backbone.out_channels = stage[0].conv1.in_channels
-    return stage
 
 
 class LatentDecoder(nn.Module):

@@ -1,17 +1,31 @@
-"""ResNet backbones with the re-ID modifications (last stride 1).
+"""Backbones behind one stages interface: ResNet (the papers') and MobileNetV2 (CPU).
 
-Weights are never downloaded at import time: ``weights="imagenet"`` asks torchvision
-(which caches the file) when the backbone is built, a path loads a local state dict,
-and ``None`` gives random initialisation (tests, CPU toy runs).
+A backbone maps images to a feature map through a ``stem`` and four named stages,
+``layer1`` ... ``layer4`` (for ResNet its own stages; for MobileNetV2 the groups of
+inverted-residual blocks at strides 4, 8, 16 and 32, the last one ending with the 1x1
+conv to 1280 channels). Methods ask the backbone for what they need, never for
+architecture-specific attribute names, in the spirit of timm's ``feature_info``:
+
+* :meth:`Backbone.stage` / :attr:`Backbone.stage_names`: the stages, each an
+  ``nn.Sequential`` of blocks (AIBN converts "the last two stages", IS-GAN splits "after
+  the first block of stage 3");
+* :meth:`Backbone.stage_channels`, :attr:`Backbone.out_channels`,
+  :attr:`Backbone.output_stride`;
+* :meth:`Backbone.pop_last_stage` (ARN's encoders are copies of the last stage).
+
+``last_stride=1`` is the re-ID modification (BoT): the first block of the last stage does
+not downsample, so the output stride is 16 instead of 32.
+
+Weights are never downloaded at import time, see :mod:`reidlab.nn.weights`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torchvision import models
+
+from reidlab.nn.weights import load_weights
 
 RESNETS = {
     "resnet18": (models.resnet.BasicBlock, [2, 2, 2, 2]),
@@ -19,6 +33,68 @@ RESNETS = {
     "resnet50": (models.resnet.Bottleneck, [3, 4, 6, 3]),
     "resnet101": (models.resnet.Bottleneck, [3, 4, 23, 3]),
 }
+MOBILENETS = ("mobilenet_v2",)
+BACKBONES = (*RESNETS, *MOBILENETS)
+STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def stage_out_channels(module: nn.Module) -> int:
+    """Width of a stage's output: its last BatchNorm's (ResNet blocks end in a BN, so do
+    MobileNetV2's blocks and its final 1x1 conv)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        raise ValueError(f"{type(module).__name__} has no BatchNorm2d to read its width from")
+    return norms[-1].num_features
+
+
+class Backbone(nn.Module):
+    """``stem`` then the stages ``layer1`` ... ``layer4``: images -> feature map.
+
+    Subclasses build ``stem`` and the four stages as attributes (so state-dict keys read
+    ``layer3.0.conv1.weight``) and set ``output_stride``.
+    """
+
+    stage_names: tuple[str, ...] = STAGE_NAMES
+    output_stride: int
+
+    def stage(self, name: str) -> nn.Module:
+        """The stage ``name`` (an ``nn.Sequential`` of blocks)."""
+        if name not in self.stage_names:
+            raise ValueError(f"{type(self).__name__} has no stage {name!r}; its stages are "
+                             f"{', '.join(self.stage_names)}")
+        return getattr(self, name)
+
+    def stage_channels(self, name: str) -> int:
+        """Output channels of the stage ``name``."""
+        return stage_out_channels(self.stage(name))
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the output map (the last stage's)."""
+        return self.stage_channels(self.stage_names[-1])
+
+    def pop_last_stage(self) -> nn.Module:
+        """Take the last stage out (the backbone then ends one stage earlier, with that
+        stage's channels and half the output stride, unless the stage kept the stride)."""
+        name = self.stage_names[-1]
+        stage = self.stage(name)
+        stride = self.stage_stride(stage)
+        self.stage_names = self.stage_names[:-1]
+        delattr(self, name)
+        self.output_stride //= stride
+        return stage
+
+    @staticmethod
+    def stage_stride(stage: nn.Module) -> int:
+        """Downsampling factor of a stage (product of its first block's conv strides that
+        act along the main path: the maximum stride of any of its convs)."""
+        return max(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
 
 
 class _NarrowResNet(models.ResNet):
@@ -46,47 +122,12 @@ class _NarrowResNet(models.ResNet):
                 nn.init.zeros_(m.bias)
 
 
-def load_weights(model: nn.Module, name: str, weights: str | None) -> None:
-    """Load ImageNet weights by torchvision name or from a local file.
-
-    Args:
-        model: the torchvision model.
-        name: its torchvision name, e.g. ``resnet50``.
-        weights: None, ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``), a torchvision
-            weight name such as ``"IMAGENET1K_V2"``, or a path to a state dict
-            (``.pth``; a ``{"state_dict": ...}`` checkpoint also works).
-    """
-    if weights is None:
-        return
-    path = Path(weights).expanduser()
-    if path.suffix in {".pth", ".pt", ".ckpt", ".bin"} or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, _ = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise ValueError(f"weights file {path} lacks {len(missing)} backbone tensors, "
-                             f"e.g. {missing[:3]}")
-        return
-    enum = models.get_model_weights(name)
-    tag = "IMAGENET1K_V1" if weights.lower() == "imagenet" else weights
-    try:
-        model.load_state_dict(enum[tag].get_state_dict(progress=True))
-    except KeyError as err:
-        known = ", ".join(w.name for w in enum)
-        raise ValueError(f"unknown weights {weights!r} for {name}; use 'imagenet', one of "
-                         f"{known}, a file path or None") from err
-
-
-class ResNetBackbone(nn.Module):
-    """A torchvision ResNet without pooling and classifier: images -> feature map.
+class ResNetBackbone(Backbone):
+    """A torchvision ResNet without pooling and classifier.
 
     Args:
         name: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
-        weights: see :func:`load_weights`.
+        weights: see :func:`~reidlab.nn.weights.load_weights`.
         last_stride: stride of ``layer4`` (1 doubles the final map, as in BoT).
         width: channel multiplier of every stage (< 1 for cheap CPU runs; needs
             ``weights=None``).
@@ -96,7 +137,7 @@ class ResNetBackbone(nn.Module):
                  last_stride: int = 1, width: float = 1.0) -> None:
         super().__init__()
         if name not in RESNETS:
-            raise ValueError(f"unknown backbone {name!r}; known: {', '.join(RESNETS)}")
+            raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
         if width == 1.0:
             net = models.get_model(name, weights=None)
             load_weights(net, name, weights)
@@ -112,8 +153,47 @@ class ResNetBackbone(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1, net.layer2, net.layer3, net.layer4)
-        self.out_channels: int = net.inplanes  # torchvision leaves it at layer4's output width
+        self.output_stride = 16 * last_stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+# torchvision's mobilenet_v2().features split by output stride: 2 (stem), 4, 8, 16, 32
+_MOBILENET_V2_SPLITS = {"stem": (0, 2), "layer1": (2, 4), "layer2": (4, 7), "layer3": (7, 14),
+                        "layer4": (14, 19)}
+
+
+class MobileNetV2Backbone(Backbone):
+    """torchvision's MobileNetV2 ``features`` (no classifier) as stem + four stages.
+
+    Args:
+        name: ``mobilenet_v2``.
+        weights: see :func:`~reidlab.nn.weights.load_weights`; ``"mobilenet_v2_imagenet"``
+            is the ImageNet file that ``python -m reidlab.nn.weights fetch`` caches.
+        last_stride: stride of the first block of ``layer4`` (1: output stride 16).
+        width: torchvision's ``width_mult`` (ImageNet weights exist for 1.0 only).
+    """
+
+    def __init__(self, name: str = "mobilenet_v2", weights: str | None = "imagenet",
+                 last_stride: int = 1, width: float = 1.0) -> None:
+        super().__init__()
+        if name not in MOBILENETS:
+            raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        if width != 1.0 and weights is not None:
+            raise ValueError(f"width={width} has no pretrained weights: use weights=None")
+        net = models.mobilenet_v2(weights=None, width_mult=width)
+        load_weights(net, name, weights)
+        features = net.features
+        for part, (start, stop) in _MOBILENET_V2_SPLITS.items():
+            setattr(self, part, nn.Sequential(*features[start:stop]))
+        depthwise = self.layer4[0].conv[1][0]  # expand 1x1, depthwise 3x3 (strided), project
+        depthwise.stride = (last_stride, last_stride)
+        self.output_stride = 16 * last_stride
+
+
+def build_backbone(name: str = "resnet50", weights: str | None = "imagenet",
+                   last_stride: int = 1, width: float = 1.0) -> Backbone:
+    """The backbone ``name`` (one of :data:`BACKBONES`)."""
+    if name in RESNETS:
+        return ResNetBackbone(name, weights, last_stride, width)
+    if name in MOBILENETS:
+        return MobileNetV2Backbone(name, weights, last_stride, width)
+    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
