@@ -43,6 +43,10 @@ RESULTS = ROOT / "docs" / "benchmarks" / "uda_synthetic.json"
 SECTION = "## Synthetic domain pair"
 DIRECTIONS = {"mall->street": False, "street->mall": True}
 METRICS = ("mAP", "rank1", "rank5", "rank10")
+# rows that train nothing: `reidlab validate`, from the config's weights (None) or from the
+# direct-transfer checkpoint of the same direction and seed
+VALIDATE_ROWS = {"imagenet": None, "adabn": "direct_transfer"}
+REFERENCE_ROWS = ("imagenet", "direct_transfer", "adabn", "oracle")
 
 
 def swap_domains(value):
@@ -94,11 +98,16 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         trainer_cfg["max_epochs"] = epochs
     path = workdir / f"{row}.yaml"
     path.write_text(yaml.safe_dump(config))
+    command = ["fit", "--config", str(path)]
+    if row in VALIDATE_ROWS:
+        command[0] = "validate"
+        if VALIDATE_ROWS[row] == "direct_transfer":
+            command += ["--ckpt_path", str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))]
     start = time.perf_counter()
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` alone
     cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_callback=None, args=["fit", "--config", str(path)])
+                     save_config_callback=None, args=command)
     seconds = time.perf_counter() - start
     if row == "direct_transfer" and epochs is None:  # the start of the UDA rows
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -120,25 +129,32 @@ def fmt(values: list[float], scale: float = 100.0) -> str:
 
 
 def table(results: dict) -> str:
+    """Reference rows first, then the methods in the order they were first run; "gap
+    closed" against direct transfer and the oracle, "vs adabn" in mAP points."""
     lines = ["| method | direction | seeds | mAP | rank-1 | rank-5 | rank-10 | gap closed "
-             "| time / run |", "|---|---|---|---|---|---|---|---|---|"]
+             "| vs adabn | time / run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = [r for r in REFERENCE_ROWS if r in results] + [
+        r for r in results if r not in REFERENCE_ROWS]
     for direction in DIRECTIONS:
-        ref = {r: results.get(r, {}).get(direction) for r in ("direct_transfer", "oracle")}
         mean_map = {r: statistics.fmean(x["mAP"] for x in runs)
-                    for r, runs in ref.items() if runs}
-        for row, by_dir in results.items():
-            runs = by_dir.get(direction)
+                    for r in ("direct_transfer", "oracle", "adabn")
+                    if (runs := results.get(r, {}).get(direction))}
+        for row in order:
+            runs = results[row].get(direction)
             if not runs:
                 continue
-            gap = "–"
-            if len(mean_map) == 2 and row not in ref:
-                m = statistics.fmean(x["mAP"] for x in runs)
+            m = statistics.fmean(x["mAP"] for x in runs)
+            gap = vs_adabn = "–"
+            if {"direct_transfer", "oracle"} <= set(mean_map) and row not in (
+                    "direct_transfer", "oracle"):
                 denom = mean_map["oracle"] - mean_map["direct_transfer"]
                 gap = f"{(m - mean_map['direct_transfer']) / denom:.2f}"
+            if "adabn" in mean_map and row not in REFERENCE_ROWS:
+                vs_adabn = f"{100 * (m - mean_map['adabn']):+.1f}"
             cells = [fmt([x[k] for x in runs]) for k in METRICS]
             secs = statistics.fmean(x["seconds"] for x in runs)
             lines.append(f"| {row} | {direction} | {len(runs)} | " + " | ".join(cells)
-                         + f" | {gap} | {secs:.0f} s |")
+                         + f" | {gap} | {vs_adabn} | {secs:.0f} s |")
     gaps = [f"{d}: {100 * (m['oracle'] - m['direct_transfer']):.1f}" for d in DIRECTIONS
             if len(m := {r: statistics.fmean(x["mAP"] for x in results[r][d])
                          for r in ("direct_transfer", "oracle") if d in results.get(r, {})}) == 2]

@@ -20,7 +20,8 @@ def run_script(name: str, *args: str, tmp_path: Path) -> None:
 
 def synthetic_cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
     """``reidlab fit`` arguments running ``examples/configs/synthetic/<config>`` at toy size
-    (2 epochs of 2 batches, 32x16 images, a quarter-width backbone, CSV logs in tmp_path)."""
+    (2 epochs of 2 batches, 32x16 images, a quarter-width random-init ResNet-18 instead of
+    the configs' ImageNet MobileNetV2, CSV logs in tmp_path)."""
     return [
         "--config", str(ROOT / "examples" / "configs" / "synthetic" / config),
         "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
@@ -31,6 +32,7 @@ def synthetic_cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
         "--data.init_args.source_kwargs", TINY, "--data.init_args.target_kwargs", TINY,
         "--data.init_args.height", "32", "--data.init_args.width", "16",
         "--data.init_args.num_workers", "0", "--data.init_args.num_ids", "2",
-        "--data.init_args.num_instances", "4", "--model.init_args.backbone_width", "0.25",
+        "--data.init_args.num_instances", "4", "--model.init_args.backbone", "resnet18",
+        "--model.init_args.backbone_width", "0.25", "--model.init_args.weights", "null",
         *extra,
     ]

@@ -25,6 +25,7 @@ def tiny_args(config: str, tmp_path: Path) -> list[str]:
         "--data.init_args.height", "64", "--data.init_args.width", "32",
         "--data.init_args.num_workers", "0", "--data.init_args.num_ids", "4",
         "--data.init_args.num_instances", "2",
+        "--model.init_args.weights", "null",  # the config's MobileNetV2, random init
     ]
 
 

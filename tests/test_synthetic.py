@@ -241,3 +241,33 @@ def test_concurrent_generation(tmp_path: Path) -> None:
     assert (top / synthetic.COMPLETE_MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [top.name]
     assert len(SyntheticReID("mall", tmp_path, **TINY).train) == 6 * 6
+
+
+def test_tracklets_share_their_state_and_frames_differ(tmp_path: Path) -> None:
+    """Frames of one tracklet (one person, one camera) are far closer to each other than
+    images of the same person and camera from different tracklets; length 1 makes every
+    image independent."""
+    import dataclasses
+
+    def frames(length: int) -> dict[tuple[int, int], list[np.ndarray]]:
+        style = dataclasses.replace(SYNTHETIC_DOMAINS["mall"], tracklet_length=length)
+        data = SyntheticReID(style, tmp_path / str(length), num_train_ids=12, num_test_ids=2,
+                             images_per_id=16, height=64, width=32)
+        groups: dict[tuple[int, int], list[np.ndarray]] = {}
+        for r in data.train:
+            groups.setdefault((r.pid, r.camid), []).append(_pixels(Path(r.path)).astype(float))
+        return groups
+
+    def gaps(groups, length):
+        within, across = [], []
+        for imgs in groups.values():
+            for i, j in itertools.combinations(range(len(imgs)), 2):
+                d = np.abs(imgs[i] - imgs[j]).mean()
+                (within if i // length == j // length else across).append(d)
+        return np.mean(within), np.mean(across)
+
+    within, across = gaps(frames(4), 4)
+    assert within < 0.6 * across, (within, across)
+    flat_within, flat_across = gaps(frames(1), 4)  # the same split without tracklets
+    assert abs(flat_within - flat_across) < 0.15 * flat_across, (flat_within, flat_across)
+    assert all(len({a.tobytes() for a in imgs}) == len(imgs) for imgs in frames(4).values())

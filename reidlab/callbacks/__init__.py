@@ -1,6 +1,7 @@
 """Callbacks: pseudo-labelling (and IICS's stage schedule), mean teacher, retrieval
 evaluation and figure logging."""
 
+from reidlab.callbacks.adabn import AdaBN
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.figures import figure_folder, log_figure, ranked_list_figure
 from reidlab.callbacks.iics_stages import IICSStages
@@ -9,6 +10,6 @@ from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.callbacks.retrieval import RetrievalEvaluation
 
 __all__ = [
-    "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features",
+    "AdaBN", "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features",
     "figure_folder", "log_figure", "ranked_list_figure", "update_momentum",
 ]

@@ -139,6 +139,9 @@ class DomainStyle:
     noise_std: float  # sensor noise, fraction of the 0..255 range
     resolution: float  # effective resolution relative to the output size
     jpeg_quality: int
+    # consecutive frames of one person in one camera that share viewpoint, position and
+    # background (real datasets are cut from tracklets); 1 = every image independent
+    tracklet_length: int = 1
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -797,22 +800,37 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, scene: str) -> None:
 
 
 def _render(style: DomainStyle, ident: Identity | None, cam: Camera, rng: np.random.Generator,
-            height: int, width: int, junk: bool = False) -> np.ndarray:
-    """One crop as a uint8 ``(height, width, 3)`` array."""
+            height: int, width: int, junk: bool = False,
+            track: np.random.Generator | None = None) -> np.ndarray:
+    """One crop as a uint8 ``(height, width, 3)`` array.
+
+    ``track`` draws what one tracklet (consecutive detections of a person walking past a
+    camera) shares: viewpoint, facing, scale, position and the background behind the
+    person; ``rng`` then adds the per-frame jitter (walking phase, small shifts, light
+    flicker, occlusions). Without ``track`` every image is a tracklet of its own.
+    """
     res = style.resolution
     h, w = max(int(round(height * res)), 8), max(int(round(width * res)), 4)
     pano = _scene(style.scene, cam.scene_seed, h, w)
-    x0 = int(rng.integers(0, pano.shape[1] - w))
+    tr = track if track is not None else rng
+    x0 = int(tr.integers(0, pano.shape[1] - w))
+    mirror = tr.random() < 0.5
+    view = VIEWS[min(int(np.searchsorted(np.cumsum(cam.view_probs), tr.random())), 2)]
+    facing = 1 if tr.random() < 0.5 else -1
+    scale = cam.scale * tr.uniform(0.94, 1.06)
+    top_at = tr.uniform(0.25, 0.75)
+    cx_at = 0.5 + tr.normal(0.0, 0.05)
+    if track is not None:  # the frame's own jitter around the tracklet's state
+        x0 = int(np.clip(x0 + rng.integers(-w // 8, w // 8 + 1), 0, pano.shape[1] - w - 1))
+        scale *= rng.uniform(0.98, 1.02)
+        top_at = float(np.clip(top_at + rng.normal(0.0, 0.05), 0.0, 1.0))
+        cx_at += rng.normal(0.0, 0.015)
     img = pano[:, x0:x0 + w].copy()
-    if rng.random() < 0.5:
+    if mirror:
         img = img[:, ::-1].copy()
-
-    view = VIEWS[min(int(np.searchsorted(np.cumsum(cam.view_probs), rng.random())), 2)]
-    facing = 1 if rng.random() < 0.5 else -1
-    scale = cam.scale * rng.uniform(0.94, 1.06)
     ph = h * scale
-    top = (h - ph) * rng.uniform(0.25, 0.75)
-    cx = w * (0.5 + rng.normal(0.0, 0.05))
+    top = (h - ph) * top_at
+    cx = w * cx_at
     if junk:  # a bad detection: a body part far too large, or far off-centre
         if rng.random() < 0.5:
             ph *= rng.uniform(1.8, 3.0)
@@ -912,6 +930,7 @@ class _Item:
     ident_key: int  # key of the identity to draw (-1: none)
     camid: int
     index: int
+    tracklet: int = -1  # images of one identity, camera and tracklet share its state
 
 
 def _plan(style: DomainStyle, num_train_ids: int, num_test_ids: int, images_per_id: int,
@@ -934,18 +953,29 @@ def _plan(style: DomainStyle, num_train_ids: int, num_test_ids: int, images_per_
         per = cams * 2 + rng.choice(cams, size=count - 2 * k).tolist()  # >= 2 per camera
         return sorted(per)
 
+    def tracklets(cams: list[int]) -> list[int]:
+        """Tracklet of each image: a camera's images of one person are cut into runs of
+        ``tracklet_length`` consecutive frames (0 or 1: every image on its own)."""
+        length, out, within = style.tracklet_length, [], {}
+        for cam in cams:
+            within[cam] = within.get(cam, -1) + 1
+            out.append(within[cam] // length if length > 1 else -1)
+        return out
+
     base = style.pid_base
     for i in range(num_train_ids):
         pid = base + 1 + i
-        for j, cam in enumerate(cameras_of(images_per_id)):
-            items.append(_Item("bounding_box_train", name(pid, cam), pid, pid, cam, j))
+        cams = cameras_of(images_per_id)
+        for j, (cam, tr) in enumerate(zip(cams, tracklets(cams), strict=True)):
+            items.append(_Item("bounding_box_train", name(pid, cam), pid, pid, cam, j, tr))
     for i in range(num_test_ids):
         pid = base + 1 + num_train_ids + i
         seen: set[int] = set()
-        for j, cam in enumerate(cameras_of(images_per_id)):
+        cams = cameras_of(images_per_id)
+        for j, (cam, tr) in enumerate(zip(cams, tracklets(cams), strict=True)):
             folder = "bounding_box_test" if cam in seen else "query"
             seen.add(cam)
-            items.append(_Item(folder, name(pid, cam), pid, pid, cam, j))
+            items.append(_Item(folder, name(pid, cam), pid, pid, cam, j, tr))
     n_extra = max(2, num_test_ids // 10)
     for k in range(n_extra):  # distractors: people outside the id pool
         cam = int(rng.integers(ncam))
@@ -1014,7 +1044,10 @@ def _write_dataset(target: Path, style: DomainStyle, items: Sequence[_Item], hei
             if ident is None:
                 ident = idents[it.ident_key] = sample_identity(style, it.ident_key, seed)
         rng = np.random.default_rng([seed, dkey, 4, it.ident_key + 2, it.camid, it.index])
-        arr = _render(style, ident, cams[it.camid], rng, height, width, junk=it.pid == -1)
+        track = (np.random.default_rng([seed, dkey, 5, it.ident_key + 2, it.camid, it.tracklet])
+                 if it.tracklet >= 0 else None)
+        arr = _render(style, ident, cams[it.camid], rng, height, width, junk=it.pid == -1,
+                      track=track)
         Image.fromarray(arr).save(target / it.folder / it.name, quality=style.jpeg_quality)
 
 

@@ -11,6 +11,7 @@ from reidlab.nn.backbones import (
     build_backbone,
     stage_out_channels,
 )
+from reidlab.nn.batchnorm import reestimate_bn_statistics
 from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
 from reidlab.nn.memory import MemoryBank
 from reidlab.nn.weights import LOCAL_WEIGHTS, load_weights
@@ -35,5 +36,6 @@ __all__ = [
     "build_pooling",
     "convert_to_aibn",
     "load_weights",
+    "reestimate_bn_statistics",
     "stage_out_channels",
 ]
