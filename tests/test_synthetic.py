@@ -195,12 +195,13 @@ def test_domain_gap_in_image_statistics() -> None:
                     for n in names}
     across = min(np.linalg.norm(domain_means[a] - domain_means[b])
                  for a, b in itertools.combinations(names, 2))
-    # every pair of cameras of one domain is closer than the two domains' centres
-    assert across > 1.5 * within, (across, within)
+    # every pair of cameras of one domain is closer than the two domains' centres (by a
+    # smaller margin since the v2 presets: most of the gap is in who the people are)
+    assert across > 1.1 * within, (across, within)
     mall, street = domain_means["mall"], domain_means["street"]
     assert mall[0] > street[0] + 0.1  # warmer
     assert mall[1] > 2 * street[1]  # more saturated
-    assert mall[2] > 1.5 * street[2]  # more contrast
+    assert mall[2] > 1.3 * street[2]  # more contrast
 
 
 def test_identities_learnable_by_colour(tmp_path: Path) -> None:

@@ -20,6 +20,11 @@ direction, a colour cast, optical blur, the person's scale and position in the c
 vertical foreshortening of an elevated camera, and the rate of partial occlusions (a bench or
 a car at the bottom, another passer-by at one side, a pole).
 
+**Tracklet** (shared by ``tracklet_length`` consecutive images of one person in one camera,
+as real datasets are cut from tracklets): viewpoint, facing, scale, position in the crop and
+the background window; each frame then jitters them slightly and has its own walking
+phase, light flicker and occlusions.
+
 **Domain** (a named :class:`DomainStyle` preset): its own identity pool and person-id range,
 number of cameras, scene type and a global style: clothing palette statistics, colour
 temperature, contrast and haze, saturation, sensor noise, effective resolution, blur and JPEG
@@ -86,7 +91,7 @@ __all__ = [
     "save_preview",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COMPLETE_MARKER = ".complete"
 PID_CAPACITY = 9999  # ids available to one domain above its ``pid_base``
 
@@ -157,28 +162,29 @@ SYNTHETIC_DOMAINS: dict[str, DomainStyle] = {
         scene="indoor",
         hue_centers=(0.0,),
         hue_spread=1.0,
-        saturation=(0.55, 0.95),
-        value=(0.45, 0.95),
+        saturation=(0.35, 0.9),
+        value=(0.3, 0.95),
         lower_dark_prob=0.3,
-        pattern_prob=0.15,
+        pattern_prob=0.45,
         pattern_freq=(9.0, 18.0),
-        contrast_prob=0.3,
-        backpack_prob=0.12,
-        bag_prob=0.15,
-        hat_prob=0.05,
+        contrast_prob=0.5,
+        backpack_prob=0.25,
+        bag_prob=0.25,
+        hat_prob=0.15,
         person_scale=(0.84, 0.95),
         tilt=(0.95, 1.08),
         gain=(0.95, 1.1),
         cast_strength=0.05,
         occlusion_prob=(0.03, 0.12),
         blur=(0.0, 0.4),
-        temperature=(1.08, 1.0, 0.86),
-        contrast=1.12,
+        temperature=(1.04, 1.0, 0.94),
+        contrast=1.05,
         haze=0.0,
-        saturation_gain=1.15,
+        saturation_gain=1.05,
         noise_std=0.008,
         resolution=1.0,
         jpeg_quality=92,
+        tracklet_length=4,
     ),
     "street": DomainStyle(
         name="street",
@@ -186,30 +192,31 @@ SYNTHETIC_DOMAINS: dict[str, DomainStyle] = {
         num_cameras=5,
         pid_base=20000,
         scene="outdoor",
-        hue_centers=(0.60, 0.09, 0.30, 0.95, 0.45),
-        hue_spread=0.09,
-        saturation=(0.15, 0.65),
+        hue_centers=(0.6, 0.09, 0.3, 0.95, 0.45, 0.75),
+        hue_spread=0.12,
+        saturation=(0.3, 0.8),
         value=(0.1, 0.9),
         lower_dark_prob=0.5,
-        pattern_prob=0.8,
+        pattern_prob=0.6,
         pattern_freq=(5.0, 10.0),
-        contrast_prob=0.85,
-        backpack_prob=0.5,
+        contrast_prob=0.7,
+        backpack_prob=0.4,
         bag_prob=0.3,
-        hat_prob=0.35,
-        person_scale=(0.78, 0.92),
+        hat_prob=0.3,
+        person_scale=(0.82, 0.94),
         tilt=(0.9, 1.12),
         gain=(0.9, 1.08),
         cast_strength=0.05,
         occlusion_prob=(0.05, 0.12),
         blur=(0.05, 0.35),
-        temperature=(0.88, 0.98, 1.12),
-        contrast=0.85,
-        haze=0.05,
-        saturation_gain=0.9,
-        noise_std=0.01,
-        resolution=0.9,
-        jpeg_quality=75,
+        temperature=(0.97, 0.99, 1.03),
+        contrast=0.95,
+        haze=0.02,
+        saturation_gain=0.95,
+        noise_std=0.006,
+        resolution=1.0,
+        jpeg_quality=88,
+        tracklet_length=4,
     ),
 }
 
@@ -910,9 +917,9 @@ def render_person(domain: str | DomainStyle, pid: int, camid: int, *, index: int
 # Dataset generation
 # --------------------------------------------------------------------------------------------
 
-DEFAULT_TRAIN_IDS = 100
+DEFAULT_TRAIN_IDS = 250
 DEFAULT_TEST_IDS = 100
-DEFAULT_IMAGES_PER_ID = 16
+DEFAULT_IMAGES_PER_ID = 20
 
 
 def default_cache_dir() -> Path:
