@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from reidlab.modules import ARN, Baseline, IICS
+from reidlab.modules import ARN, IICS, Baseline
 from reidlab.nn import AIBN, BACKBONES, Backbone, build_backbone, convert_to_aibn
 from reidlab.nn import weights as weights_module
 

@@ -10,6 +10,7 @@ from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.callbacks.retrieval import RetrievalEvaluation
 
 __all__ = [
-    "AdaBN", "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features",
+    "AdaBN",
+    "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features",
     "figure_folder", "log_figure", "ranked_list_figure", "update_momentum",
 ]

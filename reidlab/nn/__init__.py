@@ -11,7 +11,12 @@ from reidlab.nn.backbones import (
     build_backbone,
     stage_out_channels,
 )
-from reidlab.nn.batchnorm import reestimate_bn_statistics
+from reidlab.nn.batchnorm import (
+    DomainBatchNorm,
+    bn_domain,
+    convert_to_domain_bn,
+    reestimate_bn_statistics,
+)
 from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
 from reidlab.nn.memory import MemoryBank
 from reidlab.nn.weights import LOCAL_WEIGHTS, load_weights
@@ -25,6 +30,7 @@ __all__ = [
     "BNNeck",
     "ChannelAttention",
     "ConvLatentEncoder",
+    "DomainBatchNorm",
     "DomainClassifier",
     "GeneralizedMeanPooling",
     "LatentDecoder",
@@ -32,9 +38,11 @@ __all__ = [
     "ResNetBackbone",
     "StageLatentEncoder",
     "aibn_alphas",
+    "bn_domain",
     "build_backbone",
     "build_pooling",
     "convert_to_aibn",
+    "convert_to_domain_bn",
     "load_weights",
     "reestimate_bn_statistics",
     "stage_out_channels",

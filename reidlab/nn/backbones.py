@@ -74,21 +74,16 @@ class Backbone(nn.Module):
         return self.stage_channels(self.stage_names[-1])
 
     def pop_last_stage(self) -> nn.Module:
-        """Take the last stage out (the backbone then ends one stage earlier, with that
-        stage's channels and half the output stride, unless the stage kept the stride)."""
+        """Remove the last stage and return it: the backbone then ends one stage earlier,
+        with that stage's channels and output stride."""
         name = self.stage_names[-1]
         stage = self.stage(name)
-        stride = self.stage_stride(stage)
+        # a stage downsamples once, in its first block: its largest conv stride
+        stride = max(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
         self.stage_names = self.stage_names[:-1]
         delattr(self, name)
         self.output_stride //= stride
         return stage
-
-    @staticmethod
-    def stage_stride(stage: nn.Module) -> int:
-        """Downsampling factor of a stage (product of its first block's conv strides that
-        act along the main path: the maximum stride of any of its convs)."""
-        return max(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
