@@ -14,8 +14,10 @@ class AdaBN(pl.Callback):
 
     With a direct-transfer checkpoint and ``reidlab validate`` this is the ``adabn``
     reference row: the strong, training-free UDA baseline (Li et al. 2017) that every UDA
-    method has to beat. Under DDP every rank sees its shard and the statistics are averaged
-    across ranks (equal shards up to one image).
+    method has to beat. The images go through the module's test-time path
+    (``test_features``); every BatchNorm of the module is reset first, so it is meant for
+    evaluating a trained model, not for the middle of a fit. Under DDP every rank sees its
+    shard and the statistics are averaged across ranks (equal shards up to one image).
 
     Args:
         once: re-estimate only before the first evaluation (later evaluations of a fit keep
@@ -36,7 +38,8 @@ class AdaBN(pl.Callback):
         batches = (b[0].to(pl_module.device)
                    for b in tqdm(loader, desc="AdaBN: target statistics", disable=not show,
                                  leave=False))
-        reestimate_bn_statistics(pl_module, batches)
+        # the test-time path (e.g. a teacher's) is the one whose statistics matter
+        reestimate_bn_statistics(pl_module, batches, forward=pl_module.test_features)
         if trainer.world_size > 1:
             for m in pl_module.modules():
                 if isinstance(m, BATCH_NORMS) and m.track_running_stats:
