@@ -99,6 +99,12 @@ def test_weights_file_loaded_by_name_or_by_order(tmp_path):
     torch.save({f"w{i}": v for i, v in enumerate(values[1:] + values[:1])}, shuffled)
     with pytest.raises(ValueError, match="in order and shape"):
         build_backbone("mobilenet_v2", str(shuffled))
+    resnet = tmp_path / "resnet18.pth"  # right names, another shape: a clear refusal
+    other = torchvision.models.resnet18(weights=None).state_dict()
+    other["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(other, resnet)
+    with pytest.raises(ValueError, match=r"resnet18.pth does not fit.*conv1.weight"):
+        build_backbone("resnet18", str(resnet))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a state dict")
     with pytest.raises(ValueError, match="garbage.pth"):

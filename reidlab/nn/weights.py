@@ -119,6 +119,12 @@ def _load_file(model: nn.Module, path: Path) -> None:
     state = _read_state(path)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
     if set(own) <= set(state):  # names agree
+        wrong = [k for k in own if state[k].shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"weights file {path} does not fit {type(model).__name__}: "
+                             f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
+                             f"{tuple(state[wrong[0]].shape)} instead of "
+                             f"{tuple(own[wrong[0]].shape)} (another architecture or width?)")
         model.load_state_dict(state, strict=False)
         return
     shapes_agree = len(state) == len(own) and all(
