@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
 TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
@@ -36,3 +38,11 @@ def synthetic_cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:
         "--model.init_args.backbone_width", "0.25", "--model.init_args.weights", "null",
         *extra,
     ]
+
+
+def assert_same_weights(value: torch.Tensor, ref: torch.Tensor) -> None:
+    """``value`` equals ``ref``, or holds one copy of it per domain (the buffers of a
+    DomainBatchNorm converted from a plain BN)."""
+    if value.shape != ref.shape and value.shape[1:] == ref.shape:
+        ref = ref.expand_as(value)
+    torch.testing.assert_close(value, ref)

@@ -1,6 +1,7 @@
 """ARN: losses against hand computations, shapes of both encoder forms, gradient routing,
 learning-rate groups and E_I freezing, pretrained loading, CLI fits and checkpoints."""
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from reidlab.cli import main
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.losses import contrastive_loss, difference_loss, reconstruction_loss
 from reidlab.modules import ARN, METHODS, Baseline
-from tests.helpers import synthetic_cli_args
+from reidlab.nn import DomainBatchNorm, bn_domain
+from tests.helpers import assert_same_weights, synthetic_cli_args
 
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 6, "height": 64, "width": 32}
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None, "last_stride": 1,
@@ -104,7 +106,9 @@ def test_reconstruction_shapes_for_both_encoder_forms(encoder, size):
     assert model.feature_dim == layer4
     feats = model.extract_features(images(2, *size))
     assert feats.shape == (2, layer4) and model.training
-    torch.testing.assert_close(feats, model.eval().shared(model.backbone(images(2, *size))))
+    with bn_domain(model, 1):  # test features: the target's BN statistics
+        reference = model.eval().shared(model.backbone(images(2, *size)))
+    torch.testing.assert_close(feats, reference)
     no_private = ARN(num_classes=8, encoder=encoder, private_encoders=False, **NET)
     out = no_private.forward_pair(images(4, *size), images(3, *size))
     assert out["x_hat"].shape == out["x"].shape and "private" not in out
@@ -179,12 +183,12 @@ def test_pretrained_baseline_initialises_e_i_and_the_layer4_copies(tmp_path):
     torch.save({"state_dict": baseline.state_dict()}, path)
     model = ARN(num_classes=8, pretrained=str(path), encoder="layer4", **NET)
     for name, value in model.backbone.state_dict().items():
-        torch.testing.assert_close(value, baseline.backbone.state_dict()[name])
+        assert_same_weights(value, baseline.backbone.state_dict()[name])
     assert not any(k.startswith("layer4.") for k in model.backbone.state_dict())
     copies = [model.shared.stage, model.private_source.stage, model.private_target.stage]
     for stage in copies:
         for name, value in stage.state_dict().items():
-            torch.testing.assert_close(value, baseline.backbone.layer4.state_dict()[name])
+            assert_same_weights(value, baseline.backbone.layer4.state_dict()[name])
     assert len({stage.state_dict()["0.conv1.weight"].data_ptr() for stage in copies}) == 3
     with pytest.raises(ValueError, match="do not fit"):
         ARN(num_classes=8, pretrained=str(path), **(NET | {"backbone_width": 0.5}))
@@ -255,3 +259,51 @@ def test_cli_fit_of_the_ablation_configs(config, tmp_path):
     assert "val/mAP" in metrics and "train/reconstruction" in metrics
     assert ("train/difference" in metrics) == (config == "arn_no_source.yaml")
     assert ("train/class" in metrics) == (config == "arn_no_private.yaml")
+
+
+def test_domain_bn_trains_each_domain_as_its_own_batch_and_shared_bn_concatenates():
+    torch.manual_seed(0)
+    dsbn = ARN(num_classes=8, **NET)
+    torch.manual_seed(0)
+    shared = ARN(num_classes=8, domain_bn=False, **NET)
+    assert not any(isinstance(m, DomainBatchNorm) for m in shared.modules())
+    src, tgt = images(4, 32, 16), images(3, 32, 16) + 1.0
+    refs = [copy.deepcopy(shared) for _ in range(3)]
+    out = dsbn.forward_pair(src, tgt)
+    # reference per domain: the shared-BN model's encoders on that domain's batch alone
+    ref_s = refs[0].encode_decode(refs[0].feature_maps(src), len(src))
+    ref_t = refs[1].encode_decode(refs[1].feature_maps(tgt), 0)
+    for key in ("x", "shared", "private", "x_hat"):
+        torch.testing.assert_close(out[key], torch.cat([ref_s[key], ref_t[key]]), msg=key)
+    first = next(m for m in dsbn.modules() if isinstance(m, DomainBatchNorm))
+    plain = [next(m for m in r.modules() if isinstance(m, torch.nn.BatchNorm2d)) for r in refs]
+    torch.testing.assert_close(first.running_mean[0], plain[0].running_mean)
+    torch.testing.assert_close(first.running_mean[1], plain[1].running_mean)
+    # shared BN: one batch of both domains (the old behaviour)
+    shared.forward_pair(src, tgt)
+    refs[2].feature_maps(torch.cat([src, tgt]))
+    torch.testing.assert_close(
+        next(m for m in shared.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean,
+        plain[2].running_mean)
+
+
+def test_source_classifier_starts_as_the_baselines_with_the_bnneck_folded_in(tmp_path):
+    torch.manual_seed(0)
+    baseline = Baseline(num_classes=8, **{k: v for k, v in NET.items() if k != "decoder_grid"})
+    with torch.no_grad():  # a Baseline with non-trivial BNNeck statistics and weights
+        baseline.neck.bn.running_mean.normal_()
+        baseline.neck.bn.running_var.uniform_(0.5, 2.0)
+        baseline.neck.bn.weight.uniform_(0.5, 1.5)
+        baseline.neck.classifier.weight.normal_()
+    path = tmp_path / "baseline.ckpt"
+    torch.save({"state_dict": baseline.state_dict()}, path)
+    model = ARN(num_classes=8, pretrained=str(path), encoder="layer4", **NET).eval()
+    baseline.eval()
+    x = images(3, 32, 16)
+    with torch.no_grad():
+        expected = baseline.neck(baseline.pool(baseline.backbone(x)))[1]
+        logits = model.classifier(model(x))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    # the paper's fcn encoders start from random weights, and so does C_S
+    fcn = ARN(num_classes=8, pretrained=str(path), encoder="fcn", **NET)
+    assert not torch.allclose(fcn.classifier[1].weight, model.classifier[1].weight)

@@ -86,3 +86,14 @@ def test_iics_stages_under_ddp_agree_across_ranks(tmp_path):
     assert r0["params"].keys() == one["params"].keys()
     for key, value in r0["params"].items():  # DDP kept the replicas identical
         torch.testing.assert_close(value, r1["params"][key], msg=key)
+
+
+def test_dcdfa_with_every_switch_off_trains_under_ddp(tmp_path):
+    """DCDFA with L_CID, L_Domain and L_RReID^b off leaves the attention in no loss; DDP
+    (which needs every parameter used) still trains, and the ranks stay identical."""
+    run_script("ddp_pseudo_labels.py", "2", str(tmp_path / "two"), "dcdfa_off",
+               tmp_path=tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"two.rank{r}.pt", weights_only=False) for r in (0, 1))
+    for key, value in r0["teacher"].items():
+        torch.testing.assert_close(value, r1["teacher"][key], msg=key)
+    assert any(k.startswith("attention.") for k in r0["teacher"])

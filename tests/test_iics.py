@@ -119,7 +119,10 @@ def test_stage_schedule_and_argument_checks():
     assert got == [("intra", 0, 0), ("intra", 0, 0), ("inter", 0, 2),
                    ("intra", 1, 3), ("intra", 1, 3), ("inter", 1, 5)]
     assert IICS(**NET, inter_epochs=0).stage_at(7) == ("intra", 3, 6)   # stage 1 only
-    assert IICS(**NET, intra_epochs=0).stage_at(3) == ("inter", 1, 2)   # stage 2 only
+    stage2 = IICS(**NET, intra_epochs=0, inter_similarity="cnn")  # stage 2 only
+    assert stage2.stage_at(3) == ("inter", 1, 2)
+    with pytest.raises(ValueError, match="never trains the camera classifiers"):
+        IICS(**NET, intra_epochs=0)
     with pytest.raises(ValueError, match="at least one epoch"):
         IICS(**NET, intra_epochs=0, inter_epochs=0)
     with pytest.raises(ValueError, match="exactly one"):
@@ -186,7 +189,7 @@ def _run(tmp_path: Path, ckpt_path: str | None = None, val: bool = False):
     if val:  # checkpoints are then saved after validation, before the epoch-end hooks
         from reidlab.callbacks import RetrievalEvaluation
         callbacks.append(RetrievalEvaluation(num_figure_queries=0))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=2,
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=6, limit_train_batches=2,
                          limit_val_batches=1 if val else 0, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
                          use_distributed_sampler=False, num_sanity_val_steps=0,
@@ -201,8 +204,8 @@ def _run(tmp_path: Path, ckpt_path: str | None = None, val: bool = False):
                               "saved-after-validation"])
 def test_resume_inside_a_round_matches_the_uninterrupted_run(tmp_path, epoch, val):
     full, full_dm, full_stages = _run(tmp_path / "full", val=val)
-    assert [h["inter_stage"] for h in full_stages.history] == [0.0, 1.0, 0.0]
-    assert full_dm.label_sampler == "per_camera"
+    assert [h["inter_stage"] for h in full_stages.history] == [0.0, 1.0, 0.0, 1.0]
+    assert full_dm.label_sampler == "pk"
     ckpt = tmp_path / "full" / "ckpt" / f"epoch={epoch}.ckpt"
     saved = torch.load(ckpt, weights_only=False)["callbacks"]
     saved_epoch = next(v["labels_epoch"] for k, v in saved.items() if "IICSStages" in k)
@@ -213,7 +216,7 @@ def test_resume_inside_a_round_matches_the_uninterrupted_run(tmp_path, epoch, va
     np.testing.assert_array_equal(full_dm.pseudo_labels, resumed_dm.pseudo_labels)
     # the same clusterings, none twice
     assert ([h["epoch"] for h in resumed_stages.history]
-            == [h["epoch"] for h in full_stages.history] == [0, 2, 3])
+            == [h["epoch"] for h in full_stages.history] == [0, 2, 3, 5])
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for key in a:
@@ -221,3 +224,10 @@ def test_resume_inside_a_round_matches_the_uninterrupted_run(tmp_path, epoch, va
     loaded = IICS.load_from_checkpoint(ckpt, map_location="cpu")
     assert loaded.inter_classifier.out_features == 8
     assert loaded.extract_features(torch.randn(2, 3, 32, 16)).shape == (2, loaded.feature_dim)
+
+
+def test_max_epochs_must_match_the_rounds(tmp_path):
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"max_epochs=3 but rounds=2 x .* = 4"):
+        trainer.fit(IICS(**NET, rounds=2, intra_epochs=1, inter_epochs=1), _dm())

@@ -9,7 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 
 from reidlab.callbacks.features import collect_features
-from reidlab.callbacks.pseudo_labeling import PseudoLabeling, fit_start_epoch
+from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 
 STAGE_SAMPLERS = {"intra": "per_camera", "inter": "pk"}
 
@@ -31,7 +31,8 @@ class IICSStages(PseudoLabeling):
     from identities), the quality figure with the inter-camera stages shaded, and the labels
     with the epoch they were made for in the checkpoint: a run resumed inside a stage
     continues with them; one resumed from a checkpoint saved before a stage's clustering
-    (e.g. after validation) redoes that clustering and resets the optimizer it restored.
+    redoes that clustering and, once Lightning has restored the optimizer, resets it
+    (:meth:`IICS.reset_pseudo_label_optimizer_state`).
 
     Args:
         flip: flip-average the clustering features (paper's authors do).
@@ -41,7 +42,6 @@ class IICSStages(PseudoLabeling):
     def __init__(self, flip: bool = True, quality: bool = True) -> None:
         # PseudoLabeling's clustering options are unused: IICS's are the module's hparams
         super().__init__(flip=flip, quality=quality)
-        self._pending_optimizer_reset: str | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not hasattr(pl_module, "stage_at"):
@@ -49,22 +49,17 @@ class IICSStages(PseudoLabeling):
         if not hasattr(trainer.datamodule, "set_pseudo_labels"):
             raise TypeError("IICSStages needs a DataModule with set_pseudo_labels "
                             "(CrossDomainDataModule with source=None)")
-        epoch = fit_start_epoch(trainer)
+        epoch = self.fit_start_epoch(trainer)
         stage, _, start = pl_module.stage_at(epoch)
         if self.labels is not None and self.labels_epoch == start:
             # resumed inside a stage: classifiers and optimizer came with the checkpoint
             trainer.datamodule.set_pseudo_labels(self.labels, sampler=STAGE_SAMPLERS[stage])
             return
         self.recluster(trainer, pl_module, for_epoch=epoch, reset_optimizer=False)
-        # Lightning restores a resumed run's optimizer after this hook: reset it after that
-        self._pending_optimizer_reset = stage
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending_optimizer_reset is not None:
-            pl_module.reset_optimizer(self._pending_optimizer_reset)
-            self._pending_optimizer_reset = None
+        self._optimizer_reset_pending = True  # PseudoLabeling.on_train_start
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs_done = trainer.current_epoch + 1
         nxt = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and nxt >= trainer.max_epochs
         if not last and not trainer.should_stop and pl_module.stage_at(nxt)[2] == nxt:

@@ -23,17 +23,6 @@ METHODS = ("dbscan", "agglomerative")
 DISTANCES = ("jaccard", "cosine")
 
 
-def fit_start_epoch(trainer: pl.Trainer) -> int:
-    """The epoch a fit starts with, also inside ``on_fit_start`` of a resumed run (Lightning
-    restores its loops only after that hook, so ``trainer.current_epoch`` still reads 0
-    there): the checkpoint's count of processed epochs."""
-    loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
-    try:
-        return int(loaded["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError):
-        return trainer.current_epoch
-
-
 class PseudoLabeling(pl.Callback):
     """Clustering-based pseudo-labels for the target domain (SBase / DCDFA, and any method
     with ``on_pseudo_labels``).
@@ -56,7 +45,16 @@ class PseudoLabeling(pl.Callback):
     Logs ``pseudo/num_clusters``, ``pseudo/outlier_fraction`` and, when the target's true
     training ids are known (``quality=True``; synthetic data, benchmarks; never used for
     training), ``pseudo/ari``, ``nmi``, ``pair_precision``, ``pair_recall`` with a plot over
-    epochs. Its state (labels, the epoch they are for, the history) is in the checkpoint.
+    epochs. Its state (labels, the epoch they are for, the number of finished epochs, the
+    history) is in the checkpoint.
+
+    Resume: a run resumed with the labels of the epoch it continues with keeps them (the
+    module's classifier and memory came with the checkpoint). One resumed from a checkpoint
+    saved before a re-clustering (a last epoch, continued with a larger ``max_epochs``; a
+    callback that saves at epoch end before this one) re-clusters at fit start; since
+    Lightning restores the optimizer only after ``on_fit_start``, the optimizer state of
+    what the clustering re-initialised is dropped again at train start
+    (``module.reset_pseudo_label_optimizer_state()``).
 
     Degenerate clusterings do not crash: when every sample is an outlier the target loss is
     skipped for that epoch (with a warning); a single cluster or fewer samples than
@@ -108,21 +106,43 @@ class PseudoLabeling(pl.Callback):
         self.flip, self.every_n_epochs, self.quality = flip, every_n_epochs, quality
         self.labels: np.ndarray | None = None
         self.labels_epoch = -1  # the epoch the current labels were made for
+        self.epochs_done = 0  # training epochs finished, as Lightning counts them
         self.history: list[dict[str, float]] = []
+        self._restored = False  # state loaded from a checkpoint, not yet used by a fit
+        self._optimizer_reset_pending = False
 
     # -- hooks ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not hasattr(trainer.datamodule, "set_pseudo_labels"):
             raise TypeError("PseudoLabeling needs a DataModule with set_pseudo_labels "
                             "(CrossDomainDataModule)")
-        epoch = fit_start_epoch(trainer)
+        epoch = self.fit_start_epoch(trainer)
         if self.labels is not None and self.labels_epoch == epoch:
             # resumed: the module's classifier and memory came with the checkpoint
             trainer.datamodule.set_pseudo_labels(self.labels)
             return
         self.recluster(trainer, pl_module, for_epoch=epoch)
+        self._optimizer_reset_pending = True
+
+    def fit_start_epoch(self, trainer: pl.Trainer) -> int:
+        """The epoch a fit starts with, also inside ``on_fit_start`` of a resumed run
+        (Lightning restores its loops only after that hook, so ``trainer.current_epoch``
+        still reads 0 there): the finished epochs counted in this callback's own state."""
+        epoch = self.epochs_done if self._restored else trainer.current_epoch
+        self._restored = False
+        return epoch
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the optimizer a resumed run restored after on_fit_start holds the moments of
+        # what the fit-start clustering re-initialised
+        if self._optimizer_reset_pending:
+            self._optimizer_reset_pending = False
+            reset = getattr(pl_module, "reset_pseudo_label_optimizer_state", None)
+            if reset is not None:
+                reset()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs_done = trainer.current_epoch + 1
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs == 0 and not last and not trainer.should_stop:
@@ -209,10 +229,13 @@ class PseudoLabeling(pl.Callback):
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"labels": None if self.labels is None else self.labels.tolist(),
-                "labels_epoch": self.labels_epoch, "history": self.history}
+                "labels_epoch": self.labels_epoch, "epochs_done": self.epochs_done,
+                "history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         labels = state_dict.get("labels")
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.labels_epoch = state_dict.get("labels_epoch", -1)
+        self.epochs_done = state_dict.get("epochs_done", max(self.labels_epoch, 0))
+        self._restored = True
         self.history = list(state_dict.get("history", []))

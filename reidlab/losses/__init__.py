@@ -4,6 +4,7 @@ from reidlab.losses.arn import contrastive_loss, difference_loss, reconstruction
 from reidlab.losses.dcdfa import cross_domain_id_loss, domain_classification_loss
 from reidlab.losses.memory import memory_contrastive_loss
 from reidlab.losses.triplet import batch_hard_triplet_loss
+from reidlab.losses.zero import zero_loss
 
 __all__ = [
     "batch_hard_triplet_loss",
@@ -13,4 +14,5 @@ __all__ = [
     "domain_classification_loss",
     "memory_contrastive_loss",
     "reconstruction_loss",
+    "zero_loss",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reidlab.losses.zero import zero_loss
 from reidlab.nn.memory import MemoryBank
 
 
@@ -62,7 +63,7 @@ def memory_contrastive_loss(
     pos = src_pos | tgt_pos
     valid = (is_source | (labels >= 0)) & pos.any(1) & (~pos).any(1)
     if not valid.any():
-        return features.sum() * 0.0
+        return zero_loss(features)
     sim, pos = sim[valid], pos[valid]
 
     alpha_p = (1 + margin - sim).clamp_min(0).detach()

@@ -15,6 +15,13 @@ source e_c (eq. 2), the reconstruction L_rec of X in both domains (eq. 3) and th
 difference (orthogonality) loss L_diff between shared and private features of each
 domain's batch (eq. 4). At test time only E_I and E_C are used (Fig. 3): e_c, compared
 by cosine similarity.
+
+BatchNorm across domains: the paper feeds both domains "simultaneously" and says nothing
+about BN; one BN over the concatenated batch trains with, and tests under, statistics of a
+source + target mixture. reidlab keeps per-domain statistics by default (``domain_bn``;
+DSBN, Chang et al., CVPR 2019, as in SBase): each domain's images go through E_I, E_C and
+D_C as their own BN batch with their own running statistics, and test features use the
+target's. ``domain_bn=False`` is the concatenated batch with one BN (``arn_shared_bn``).
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidlab.losses import contrastive_loss, difference_loss, reconstruction_loss
+from reidlab.losses import contrastive_loss, difference_loss, reconstruction_loss, zero_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
 from reidlab.nn import (
+    BNNeck,
     ConvLatentEncoder,
     LatentDecoder,
     StageLatentEncoder,
+    bn_domain,
     build_backbone,
+    convert_to_domain_bn,
 )
+
+SOURCE, TARGET = 0, 1  # domain indices of the DomainBatchNorm statistics
 
 ENCODERS = ("fcn", "layer4")
 
@@ -43,8 +55,9 @@ class ARN(ReIDModule):
     Batches come from :class:`~reidlab.datamodules.CrossDomainDataModule`: ``{"source":
     (img, pid, camid, idx), "target": (img, pid, camid, idx)}``; the target's labels are
     never read (ARN uses no pseudo-labels, so the target side comes in random batches).
-    Source and target images go through E_I and E_C together, as one batch (the paper
-    feeds both domains "simultaneously"); E_S sees the source part, E_T the target part.
+    Both domains are trained in every step (the paper feeds them "simultaneously"): with
+    ``domain_bn`` each domain is its own BN batch through E_I, E_C and D_C, without it they
+    go through as one concatenated batch; E_S sees the source part, E_T the target part.
 
     Encoder forms (``encoder``):
 
@@ -54,7 +67,12 @@ class ARN(ReIDModule):
       initialised;
     * ``"layer4"`` (the authors' code): E_I stops after ``layer3``, X is that map; E_C,
       E_S, E_T are independent copies of the backbone's ``layer4`` (all starting from its
-      weights, e.g. ImageNet or the source Baseline) + average pooling.
+      weights, e.g. ImageNet or the source Baseline) + average pooling. From a
+      ``pretrained`` Baseline, e_c starts as the Baseline's pooled feature, so C_S starts
+      as the Baseline's classifier with its BNNeck folded in (``W' = W diag(gamma /
+      sigma)``, ``b' = W (beta - mu gamma / sigma)``, the eval-mode BN's statistics): the
+      same logits on e_c as the Baseline's on its feature. (With ``"fcn"`` E_C is random,
+      and so is C_S.)
 
     The latent size is the last stage's width (2048 for ResNet-50, less for narrow CPU
     backbones). D_C (:class:`~reidlab.nn.LatentDecoder`) maps (e_c, e_p) to X's shape
@@ -117,6 +135,8 @@ class ARN(ReIDModule):
         weight_decay: SGD weight decay.
         milestones: epochs at which every learning rate is multiplied by ``gamma``.
         gamma: step decay factor.
+        domain_bn: domain-specific BatchNorm statistics (False: one BN over the
+            concatenated source + target batch, the ablation).
     """
 
     def __init__(
@@ -147,6 +167,7 @@ class ARN(ReIDModule):
         weight_decay: float = 5e-4,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
+        domain_bn: bool = True,
     ) -> None:
         super().__init__()
         if encoder not in ENCODERS:
@@ -159,8 +180,10 @@ class ARN(ReIDModule):
         self.save_hyperparameters()
         net = build_backbone(backbone, None if pretrained else weights, last_stride,
                              backbone_width)
+        neck = BNNeck(net.out_channels, num_classes) if pretrained and source_losses else None
         if pretrained:
-            load_baseline_parts(pretrained, {"backbone.": net})
+            load_baseline_parts(pretrained, {"backbone.": net} | ({"neck.": neck} if neck
+                                                                  else {}))
         if encoder == "layer4":
             stage = net.pop_last_stage()
 
@@ -178,8 +201,22 @@ class ARN(ReIDModule):
                                      net.out_channels, decoder_grid, decoder_hidden)  # D_C
         self.classifier = (nn.Sequential(nn.Dropout(dropout), nn.Linear(latent, num_classes))
                            if source_losses else None)  # C_S
+        if encoder == "layer4" and neck is not None:
+            self._init_classifier_from(neck)
+        if domain_bn:  # after loading: the Baseline's statistics start both domains
+            convert_to_domain_bn(self)
         if not self.backbone_tuned(0):
             self.backbone.requires_grad_(False)
+
+    @torch.no_grad()
+    def _init_classifier_from(self, neck: BNNeck) -> None:
+        """C_S = the Baseline's classifier with its (eval-mode) BNNeck folded in."""
+        bn, linear = neck.bn, self.classifier[1]
+        if linear.weight.shape != neck.classifier.weight.shape:
+            return  # e.g. a latent size other than the Baseline's feature: stays random
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        linear.weight.copy_(neck.classifier.weight * scale)
+        linear.bias.copy_(neck.classifier.weight @ (bn.bias - bn.running_mean * scale))
 
     @property
     def feature_dim(self) -> int:
@@ -192,8 +229,10 @@ class ARN(ReIDModule):
 
     # -- features --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The shared latent feature e_c = E_C(E_I(images)), ``(N, feature_dim)``."""
-        return self.shared(self.backbone(images))
+        """The shared latent feature e_c = E_C(E_I(images)), ``(N, feature_dim)``, under the
+        target's BN statistics."""
+        with bn_domain(self, TARGET):
+            return self.shared(self.backbone(images))
 
     def test_features(self, images: torch.Tensor) -> torch.Tensor:
         return self(images)
@@ -214,13 +253,25 @@ class ARN(ReIDModule):
         reconstructions, same order and shape), ``shared`` (e_c of both domains) and,
         with private encoders, ``private`` (e_p^s from E_S, then e_p^t from E_T).
         """
-        x = self.feature_maps(torch.cat([source_images, target_images]))
+        if not self.hparams.domain_bn:  # one BN batch of both domains
+            return self.encode_decode(self.feature_maps(torch.cat([source_images,
+                                                                   target_images])),
+                                      len(source_images))
+        with bn_domain(self, SOURCE):
+            src = self.encode_decode(self.feature_maps(source_images), len(source_images))
+        with bn_domain(self, TARGET):
+            tgt = self.encode_decode(self.feature_maps(target_images), 0)
+        return {k: torch.cat([src[k], tgt[k]]) for k in src}
+
+    def encode_decode(self, x: torch.Tensor, num_source: int) -> dict[str, torch.Tensor]:
+        """E_C, E_S (first ``num_source`` rows) / E_T (the others) and D_C on maps X."""
         shared = self.shared(x)
         out = {"x": x, "shared": shared}
         if self.private_source is not None:
-            ns = len(source_images)
-            out["private"] = torch.cat([self.private_source(x[:ns]),
-                                        self.private_target(x[ns:])])
+            parts = [enc(part) for enc, part in ((self.private_source, x[:num_source]),
+                                                 (self.private_target, x[num_source:]))
+                     if len(part)]
+            out["private"] = torch.cat(parts)
             latent = torch.cat([shared, out["private"]], dim=1)
         else:
             latent = shared
@@ -261,10 +312,10 @@ class ARN(ReIDModule):
         out = self.forward_pair(s_img, t_img)
         losses = self.losses(out, s_pid)
         loss = self.total_loss(losses)
-        if not self.backbone_tuned(self.current_epoch):
+        if not self.backbone_tuned(self.current_epoch) and any(
+                p.requires_grad for p in self.backbone.parameters()):
             # zero gradients for a frozen E_I that still requires them (DDP needs them all)
-            loss = loss + 0.0 * sum(p.sum() for p in self.backbone.parameters()
-                                    if p.requires_grad)
+            loss = loss + zero_loss(self.backbone)
         size = len(s_pid) + len(t_img)
         self.log_dict({f"train/{k}": v for k, v in losses.items()} | {"train/loss": loss},
                       prog_bar=False, batch_size=size)

@@ -8,6 +8,14 @@ swapped: ``r^t_i = b_i + e^t_j``, ``r^s_j = b_j + e^s_i`` (eq. 5). Losses on top
 the cross-domain ID loss L_CID (eq. 6, trainable temperature), the domain classification
 loss L_Domain (eq. 7) and L_RReID^b, the basic re-ID loss on the bases b_j of target samples
 (Sec. 3.3). At test time the teacher's f = b + e is used and the attention is discarded.
+
+Feature spaces: the decomposition and recomposition (eq. 2-5) are on f, as the paper
+writes them, and so is the domain classifier's input. L_CID compares its four elements by
+cosine with tau = 1, a range in which cosines of f (all ~0.99) carry no signal; its
+elements go through the BNNeck first (the real f^s, f^t: their batch's BNNeck feature; the
+recompositions r^t, r^s: the neck's BN with the batch statistics of the real batch of the
+domain they belong to), as the memory of SBase does. L_RReID^b classifies the BNNeck
+feature of b (normalised with its own batch statistics, running statistics untouched).
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reidlab.losses import cross_domain_id_loss, domain_classification_loss
-from reidlab.modules.sbase import SBase
-from reidlab.nn import ChannelAttention, DomainClassifier
+from reidlab.losses import cross_domain_id_loss, domain_classification_loss, zero_loss
+from reidlab.modules.sbase import SOURCE, TARGET, SBase
+from reidlab.nn import ChannelAttention, DomainClassifier, bn_domain
 
 # The paper leaves the trainable temperature unconstrained; a temperature driven to 0 or
 # below would make L_CID blow up, so it is clamped here (inactive in normal training).
@@ -64,7 +72,8 @@ class DCDFA(SBase):
         return ChannelAttention(channels, self.hparams.reduction)
 
     def test_features(self, images: torch.Tensor) -> torch.Tensor:
-        fmap, f = self.test_encoder(images)
+        with bn_domain(self, TARGET):
+            fmap, f = self.test_encoder(images)
         if self.hparams.test_with_base:
             return self.test_encoder.attention(fmap) * f
         return f
@@ -89,20 +98,25 @@ class DCDFA(SBase):
         f_s, f_t = src["f"][i], tgt["f"][j]
         r_t = b_s[i] + e_t[j]  # eq. 5: identity of source i, target domain
         r_s = b_t[j] + e_s[i]  # identity of target j, source domain
-        if hp.cid:
+        if hp.cid:  # on BNNeck features, see the module docstring
             tau = self.tau.clamp_min(MIN_TAU)
-            losses["cid"] = hp.cid_weight * cross_domain_id_loss(f_s, f_t, r_s, r_t, tau)
+            losses["cid"] = hp.cid_weight * cross_domain_id_loss(
+                src["bn"][i], tgt["bn"][j],
+                self.neck_batch_norm(r_s, SOURCE, statistics_of=src["f"]),
+                self.neck_batch_norm(r_t, TARGET, statistics_of=tgt["f"]), tau)
         else:
-            losses["cid"] = 0.0 * self.tau
+            losses["cid"] = zero_loss(self.tau)
         if hp.domain:
             logits = self.domain_classifier(torch.cat([f_s, r_s, f_t, r_t]))
             losses["domain"] = hp.domain_weight * domain_classification_loss(
                 *logits.split(len(j)))
         else:
-            losses["domain"] = 0.0 * sum(p.sum() for p in self.domain_classifier.parameters())
+            losses["domain"] = zero_loss(self.domain_classifier)
         if hp.base_reid:
             losses["base_reid"] = hp.base_reid_weight * self.target_reid_loss(
-                b_t, self.neck.bn(b_t), out["t_pid"])
+                b_t, self.neck_batch_norm(b_t, TARGET), out["t_pid"])
+        if not (hp.cid or hp.domain or hp.base_reid):  # the attention is unused
+            losses["attention"] = zero_loss(attention)
         return losses, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

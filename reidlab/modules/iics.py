@@ -31,7 +31,7 @@ from torch import nn
 
 from reidlab.callbacks.iics_stages import IICSStages
 from reidlab.clustering import agglomerative, condensed_distances, jaccard_distance, score_jaccard
-from reidlab.losses import batch_hard_triplet_loss
+from reidlab.losses import batch_hard_triplet_loss, zero_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
 from reidlab.nn import BNNeck, build_backbone, build_pooling
 from reidlab.nn.aibn import aibn_alphas, convert_to_aibn
@@ -60,7 +60,8 @@ class IICS(ReIDModule):
     + inter_epochs)``, first ``intra_epochs`` intra-camera epochs, then ``inter_epochs``
     inter-camera epochs (``max_epochs = rounds * (intra_epochs + inter_epochs)``; paper: 40
     rounds of 2 + 2, MSMT17 12 + 2). ``inter_epochs=0`` gives "stage 1 only",
-    ``intra_epochs=0`` "stage 2 only" (paper Table 1). The
+    ``intra_epochs=0`` "stage 2 only" (paper Table 1; camera classifiers are then never
+    trained, so it needs ``inter_similarity="cnn"``). The
     :class:`~reidlab.callbacks.IICSStages` callback (added when missing) clusters at each
     stage start and hands the labels to :meth:`start_stage`, which re-initialises that
     stage's classifiers; :meth:`reset_optimizer` re-creates the optimizer (state cleared,
@@ -88,7 +89,9 @@ class IICS(ReIDModule):
         learn_alpha: train alpha (False: "AIBN (fixed)"; with alpha_init 0: "+ IN").
         alpha_sharing: ``block`` (one alpha per bottleneck, paper), ``layer`` or ``none``.
         unbiased_instance_var: unbiased instance variance in AIBN (authors' code).
-        rounds: T of the mu_t schedule (the paper's 40 rounds).
+        rounds: number T of rounds, the horizon of the mu_t schedule (the paper's 40);
+            the trainer's ``max_epochs`` must equal ``rounds * (intra_epochs +
+            inter_epochs)`` (checked at fit start).
         intra_epochs: epochs of each intra-camera stage.
         inter_epochs: epochs of each inter-camera stage.
         intra_clusters: clusters per camera (600; fewer for a camera with fewer images).
@@ -154,6 +157,10 @@ class IICS(ReIDModule):
         if intra_epochs < 0 or inter_epochs < 0 or intra_epochs + inter_epochs < 1:
             raise ValueError(f"need intra_epochs, inter_epochs >= 0 and at least one epoch per "
                              f"round, got {intra_epochs} + {inter_epochs}")
+        if intra_epochs == 0 and inter_similarity != "cnn":
+            raise ValueError(f"intra_epochs=0 (stage 2 only) never trains the camera "
+                             f"classifiers that inter_similarity={inter_similarity!r} (eq. 5 / "
+                             f"eq. 9) reads: use inter_similarity='cnn'")
         if (inter_clusters is None) == (inter_threshold is None):
             raise ValueError("give exactly one of inter_clusters and inter_threshold")
         if intra_clusters < 1:
@@ -206,11 +213,18 @@ class IICS(ReIDModule):
         if stage == "fit" and getattr(dm, "source_data", None) is not None:
             raise ValueError("IICS is fully unsupervised: give the DataModule source=None (a "
                              "source would be loaded and never used)")
+        hp = self.hparams
+        per_round = hp.intra_epochs + hp.inter_epochs
+        if stage == "fit" and self.trainer.max_epochs != hp.rounds * per_round:
+            raise ValueError(
+                f"IICS: trainer max_epochs={self.trainer.max_epochs} but rounds={hp.rounds} x "
+                f"(intra_epochs + inter_epochs)={per_round} = {hp.rounds * per_round}: mu_t "
+                f"decays over the rounds (eq. 5), so the two must match; set max_epochs to "
+                f"{hp.rounds * per_round} or rounds to max_epochs / {per_round}")
         if self.camera_classifiers is None and stage == "fit":
             records = dm.target_data.train
             camids = np.array([r.camid for r in records])
             cameras, sizes = np.unique(camids, return_counts=True)
-            hp = self.hparams
             inter = len(records) if hp.inter_clusters is None else min(hp.inter_clusters,
                                                                          len(records))
             self.build_heads(cameras, np.minimum(sizes, hp.intra_clusters), inter)
@@ -358,6 +372,11 @@ class IICS(ReIDModule):
             opt.state.clear()
             self._set_stage_lrs(opt, stage)
 
+    def reset_pseudo_label_optimizer_state(self) -> None:
+        """:meth:`reset_optimizer` for the current epoch's stage (called by
+        :class:`~reidlab.callbacks.IICSStages` once a resumed run's optimizer is restored)."""
+        self.reset_optimizer(self.stage_at(self.current_epoch)[0])
+
     def _set_stage_lrs(self, optimizer: torch.optim.Optimizer, stage: str) -> None:
         hp = self.hparams
         lr = hp.intra_lr if stage == "intra" else hp.inter_lr
@@ -402,7 +421,7 @@ class IICS(ReIDModule):
         loss = sum(losses.values())
         # the other stage's heads get zero gradients: DDP needs every parameter in the graph
         idle = self.inter_classifier if stage == "intra" else self.camera_classifiers
-        loss = loss + 0.0 * sum(p.sum() for p in idle.parameters())
+        loss = loss + zero_loss(idle)
         self.log_dict({f"train/{k}": v for k, v in losses.items()} | {"train/loss": loss},
                       batch_size=len(images))
         self.log("train/round", float(rnd), batch_size=len(images))

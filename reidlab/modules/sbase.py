@@ -12,6 +12,16 @@ the pooled feature f), plus, as switches (paper Table 1):
   and test features; the student is discarded at test time;
 * MB: a memory bank of source class prototypes and target instance features with a
   circle-re-weighted contrastive loss.
+
+BatchNorm across domains. The paper does not say how BN treats the two domains. Source and
+target batches are forwarded separately; with one shared BN the running statistics become
+an average of alternating source and target batches, statistics the network never trains
+with, and the clustering and test features are computed under them. reidlab uses
+domain-specific BN by default (``domain_bn``; DSBN, Chang et al., CVPR 2019, as SpCL's
+UDA pipeline does): every BN of the encoder and the BNNeck keeps running statistics per
+domain (:class:`~reidlab.nn.DomainBatchNorm`), each training batch updates its own
+domain's, and clustering, memory and test features use the target's. ``domain_bn=False``
+is the single shared BN (the ``sbase_shared_bn`` ablation row).
 """
 
 from __future__ import annotations
@@ -29,9 +39,20 @@ from torch import nn
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.mean_teacher import MeanTeacher
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
-from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss
+from reidlab.clustering import cluster_centers
+from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss, zero_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
-from reidlab.nn import BNNeck, MemoryBank, build_backbone, build_pooling
+from reidlab.nn import (
+    BNNeck,
+    DomainBatchNorm,
+    MemoryBank,
+    bn_domain,
+    build_backbone,
+    build_pooling,
+    convert_to_domain_bn,
+)
+
+SOURCE, TARGET = 0, 1  # domain indices of the DomainBatchNorm statistics
 
 
 class Encoder(nn.Module):
@@ -39,8 +60,12 @@ class Encoder(nn.Module):
 
     ``bn_chunk`` splits a batch into chunks forwarded one by one, so BatchNorm statistics
     are computed on ``bn_chunk`` images (ghost batch norm), as on a multi-GPU run with that
-    many images per device. ``attention`` (DCDFA) travels with the encoder so a mean teacher
-    averages it too.
+    many images per device.
+
+    ``attention`` (DCDFA's channel attention, None in SBase) is only held here, never
+    applied by :meth:`forward`: the module that owns the encoder applies it to the feature
+    map (:class:`~reidlab.modules.DCDFA`); keeping it inside the encoder makes the mean
+    teacher average it with the rest, for the teacher's ``test_with_base`` feature.
     """
 
     def __init__(self, backbone: nn.Module, pool: nn.Module,
@@ -77,7 +102,14 @@ class SBase(ReIDModule):
 
     Batch-norm batch: source and target images are forwarded separately (each side is its
     own BN batch); ``bn_chunk`` splits further (16 reproduces the 4-GPU reference runs of
-    64 + 64 images on one device).
+    64 + 64 images on one device). BN statistics are per domain (module docstring).
+
+    Feature spaces: the triplet losses and the clustering use the pooled feature f (the
+    paper's L_BReID); the memory bank and its circle loss use the L2-normalised BNNeck
+    feature, the space the circle-loss thresholds (0.25 / 0.75) are designed for (on f,
+    cosines within and across identities are both ~0.99; hybrid-memory methods such as
+    SpCL also keep the normalised BN feature); the target classifier is applied to, and
+    initialised from centres of, the BNNeck feature.
 
     Args:
         num_classes: source training identities (linked from the DataModule by the CLI).
@@ -104,6 +136,10 @@ class SBase(ReIDModule):
         milestones: epochs at which the learning rate is multiplied by ``gamma``.
         gamma: step decay factor.
         bn_chunk: images per BatchNorm batch (None: each domain's whole batch).
+        domain_bn: domain-specific BatchNorm statistics (False: one shared BN, the
+            ablation).
+        per_domain_affine: with ``domain_bn``, per-domain BN weights and biases as well
+            (DSBN's full form; default: shared affine parameters).
     """
 
     def __init__(
@@ -131,6 +167,8 @@ class SBase(ReIDModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         bn_chunk: int | None = None,
+        domain_bn: bool = True,
+        per_domain_affine: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -143,6 +181,9 @@ class SBase(ReIDModule):
         self.neck = BNNeck(channels, num_classes)
         if pretrained:
             self.load_pretrained(pretrained)
+        if domain_bn:  # after loading: the Baseline's statistics start both domains
+            convert_to_domain_bn(self.student, per_domain_affine=per_domain_affine)
+            convert_to_domain_bn(self.neck, per_domain_affine=per_domain_affine)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False) if mean_teacher else None
         # built in setup() once the target size is known (or from a checkpoint)
         self.target_classifier: nn.Parameter | None = None
@@ -205,8 +246,29 @@ class SBase(ReIDModule):
         return self.teacher if self.teacher is not None else self.student
 
     def clustering_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled feature f' of the teacher (or student), used for clustering."""
-        return self.test_encoder(images)[1]
+        """Pooled feature f' of the teacher (or student) under the target's BN statistics,
+        used for clustering."""
+        with bn_domain(self, TARGET):
+            return self.test_encoder(images)[1]
+
+    def neck_features(self, feats: torch.Tensor, domain: int) -> torch.Tensor:
+        """BNNeck feature of pooled features with the neck's running statistics of
+        ``domain`` (eval-mode BN, whatever the module's mode; no statistics update)."""
+        bn = self.neck.bn
+        was_training = bn.training
+        bn.eval()
+        try:
+            with bn_domain(bn, domain):
+                return bn(feats)
+        finally:
+            bn.train(was_training)
+
+    def memory_features(self, images: torch.Tensor, domain: int) -> torch.Tensor:
+        """L2-normalised BNNeck feature of the teacher's (or student's) pooled feature
+        under ``domain``'s statistics: what the memory bank stores."""
+        with bn_domain(self, domain):
+            f = self.test_encoder(images)[1]
+        return F.normalize(self.neck_features(f, domain), dim=1)
 
     def test_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.clustering_features(images)
@@ -215,10 +277,19 @@ class SBase(ReIDModule):
     @torch.no_grad()
     def on_pseudo_labels(self, labels: np.ndarray, centers: torch.Tensor,
                          features: torch.Tensor) -> None:
-        """New clustering: re-initialise the target classifier from the normalised centres
-        (and its optimizer state); remember the labels for the memory loss."""
+        """New clustering: re-initialise the target classifier from the normalised cluster
+        centres of the BNNeck feature it is applied to (``features`` are the clustering
+        features f', mapped by the neck under the target's statistics; ``centers`` of f' are
+        not used) and drop its optimizer state; remember the labels for the memory loss."""
         if self.target_classifier is None:
             self.build_target(len(labels))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # the running statistics drift per rank after DDP's start-of-forward broadcast:
+            # use rank 0's, so every rank builds the same classifier
+            for buffer in (self.neck.bn.running_mean, self.neck.bn.running_var):
+                torch.distributed.broadcast(buffer, src=0)
+        bn_feats = self.neck_features(features.to(self.neck.bn.weight), TARGET)
+        centers = cluster_centers(bn_feats, labels)
         k = len(centers)
         if k > len(self.target_classifier):
             raise ValueError(f"{k} clusters exceed the target classifier capacity "
@@ -228,11 +299,17 @@ class SBase(ReIDModule):
         weight[:k] = F.normalize(centers.to(weight), dim=1)
         self.num_target_clusters.fill_(k)
         self.target_labels.copy_(torch.as_tensor(labels, device=self.target_labels.device))
-        if self._trainer is not None:
-            for opt in self.trainer.optimizers:
-                opt.state.pop(weight, None)  # fresh Adam moments for the new classifier
+        self.reset_pseudo_label_optimizer_state()
         if self.memory is not None and not bool(self.memory.initialized):
-            self._target_init = features
+            self._target_init = F.normalize(bn_feats, dim=1)
+
+    def reset_pseudo_label_optimizer_state(self) -> None:
+        """Fresh Adam moments for the re-initialised target classifier (also called by
+        :class:`~reidlab.callbacks.PseudoLabeling` once a resumed run's optimizer state is
+        restored, which would bring back the moments of the old classifier)."""
+        if self._trainer is not None and self.target_classifier is not None:
+            for opt in self.trainer.optimizers:
+                opt.state.pop(self.target_classifier, None)
 
     def on_fit_start(self) -> None:
         if self.memory is None or bool(self.memory.initialized):
@@ -242,7 +319,8 @@ class SBase(ReIDModule):
                                "clustering: train with the PseudoLabeling callback")
         dm = self.trainer.datamodule
         source = dm.source_data.train
-        feats = collect_features(self.trainer, self, source, self.clustering_features,
+        feats = collect_features(self.trainer, self, source,
+                                 lambda images: self.memory_features(images, SOURCE),
                                  desc="source features")
         pids = torch.as_tensor([r.pid for r in source])
         self.memory.init_source(feats.to(self.device), pids.to(self.device))
@@ -250,10 +328,26 @@ class SBase(ReIDModule):
         self._target_init = None
 
     # -- training ----------------------------------------------------------------------------
-    def forward_domain(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Student outputs of one domain's images: feature map, f and BNNeck feature."""
-        fmap, f = self.student(images, self.hparams.bn_chunk)
-        return {"fmap": fmap, "f": f, "bn": self.neck.bn(f)}
+    def forward_domain(self, images: torch.Tensor, domain: int) -> dict[str, torch.Tensor]:
+        """Student outputs of one domain's images (that domain's BN statistics): feature
+        map, f and BNNeck feature."""
+        with bn_domain(self, domain):
+            fmap, f = self.student(images, self.hparams.bn_chunk)
+            return {"fmap": fmap, "f": f, "bn": self.neck.bn(f)}
+
+    def neck_batch_norm(self, feats: torch.Tensor, domain: int,
+                        statistics_of: torch.Tensor | None = None) -> torch.Tensor:
+        """The neck's BN with ``domain``'s affine parameters applied to features that are
+        not a real batch of the domain (DCDFA's bases and recompositions): normalised with
+        the batch statistics of ``statistics_of`` (default: ``feats`` itself; used as
+        constants), without touching any running statistics."""
+        bn = self.neck.bn
+        weight, bias = bn.weight, bn.bias
+        if isinstance(bn, DomainBatchNorm) and bn.per_domain_affine:
+            weight, bias = weight[domain], bias[domain]
+        ref = (feats if statistics_of is None else statistics_of).detach()
+        mean, var = ref.mean(0), ref.var(0, unbiased=False)
+        return F.batch_norm(feats, mean, var, weight, bias, False, 0.0, bn.eps)
 
     def target_logits(self, bn: torch.Tensor) -> torch.Tensor:
         return bn @ self.target_classifier[: int(self.num_target_clusters)].T
@@ -272,28 +366,29 @@ class SBase(ReIDModule):
         valid = pids >= 0
         if valid.any() and int(self.num_target_clusters) > 0:
             return self.reid_loss(feats[valid], bn[valid], pids[valid], self.target_logits)
-        return 0.0 * (self.target_classifier.sum() + feats.sum())
+        return zero_loss(self.target_classifier, feats)
 
     def training_losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict]:
         """Losses of one batch, and the forward outputs (for subclasses)."""
         hp = self.hparams
         s_img, s_pid = batch["source"][0], batch["source"][1]
         t_img, t_pid, _, t_idx = batch["target"][:4]
-        src, tgt = self.forward_domain(s_img), self.forward_domain(t_img)
+        src, tgt = self.forward_domain(s_img, SOURCE), self.forward_domain(t_img, TARGET)
         losses = {
             "source": self.reid_loss(src["f"], src["bn"], s_pid,
                                      lambda bn: self.neck.classifier(bn)),
             "target": hp.target_weight * self.target_reid_loss(tgt["f"], tgt["bn"], t_pid),
         }
-        if self.memory is not None:
-            feats = torch.cat([src["f"], tgt["f"]])
+        if self.memory is not None:  # on the BNNeck feature (normalised in the loss)
+            feats = torch.cat([src["bn"], tgt["bn"]])
             labels = torch.cat([s_pid, t_pid])
             is_source = torch.arange(len(labels), device=labels.device) < len(s_pid)
             losses["memory"] = hp.memory_weight * memory_contrastive_loss(
                 feats, labels, is_source, self.memory, self.target_labels,
                 margin=hp.memory_margin, gamma=hp.memory_gamma)
             keep = t_pid >= 0
-            self.memory.update(src["f"].detach(), s_pid, tgt["f"].detach()[keep], t_idx[keep])
+            self.memory.update(src["bn"].detach(), s_pid, tgt["bn"].detach()[keep],
+                               t_idx[keep])
         return losses, {"source": src, "target": tgt, "s_pid": s_pid, "t_pid": t_pid}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """SBase for one short epoch on CPU with 1 or 2 processes (gloo): what every rank holds.
 
-Usage: python ddp_pseudo_labels.py WORLD OUT_PREFIX   (REIDLAB_CACHE: a temp folder)
+Usage: python ddp_pseudo_labels.py WORLD OUT_PREFIX [MODEL]   (REIDLAB_CACHE: a temp folder)
+
+MODEL: ``sbase`` (default) or ``dcdfa_off`` (DCDFA with L_CID, L_Domain and L_RReID^b all
+switched off: its attention takes part in no loss, and DDP must still see it used).
 
 Each rank writes OUT_PREFIX.rank{r}.pt with the pseudo-labels (of fit start and after
 epoch 0), the target features they were clustered from, and the teacher, memory and
@@ -14,7 +17,7 @@ import torch
 
 from reidlab.callbacks import MeanTeacher, PseudoLabeling
 from reidlab.datamodules import CrossDomainDataModule
-from reidlab.modules import SBase
+from reidlab.modules import DCDFA, SBase
 
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 7, "height": 64, "width": 32}
 
@@ -42,10 +45,13 @@ class Recorder(PseudoLabeling):
 
 if __name__ == "__main__":
     world, prefix = int(sys.argv[1]), sys.argv[2]
+    name = sys.argv[3] if len(sys.argv) > 3 else "sbase"
     pl.seed_everything(0)
     dm = CrossDomainDataModule(source_kwargs=TINY, target_kwargs=TINY, height=32, width=16,
                                num_ids=2, num_instances=4, num_workers=0, iters_per_epoch=2)
-    model = SBase(num_classes=8, backbone="resnet18", backbone_width=0.25, weights=None)
+    net = dict(num_classes=8, backbone="resnet18", backbone_width=0.25, weights=None)
+    model = (SBase(**net) if name == "sbase"
+             else DCDFA(cid=False, domain=False, base_reid=False, **net))
     labeler = Recorder(eps=0.9, min_samples=2, k1=6, k2=2)
     trainer = pl.Trainer(accelerator="cpu", devices=world,
                          strategy="ddp" if world > 1 else "auto", max_epochs=2,
