@@ -19,8 +19,10 @@ and ``adabn`` start from the direct-transfer Baseline of the same direction and 
 checkpoint is kept in ``--ckpt-dir`` and trained first when missing.
 
 Writes a markdown table (mAP, rank-1/5/10 as mean +- std over seeds, wall time per run)
-to stdout, to ``docs/benchmarks/uda_synthetic.json`` (raw numbers, merged across
-invocations) and into the section "## Synthetic domain pair" of ``docs/benchmarks.md``.
+to stdout, to ``docs/benchmarks/uda_synthetic.json`` (raw numbers, with the pseudo-label
+quality of every re-clustering, merged across invocations) and into the section "##
+Synthetic domain pair" of ``docs/benchmarks.md``; the pseudo-label quality figure of each
+clustering run goes to ``docs/benchmarks/pseudo_quality/``.
 The "gap closed" column is (method - direct transfer) / (oracle - direct transfer) in mAP,
 "vs adabn" the method's mAP minus adabn's (mean over seeds).
 """
@@ -47,6 +49,8 @@ from docs_section import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs" / "synthetic"
 RESULTS = ROOT / "docs" / "benchmarks" / "uda_synthetic.json"
+FIGURES = ROOT / "docs" / "benchmarks" / "pseudo_quality"  # pseudo-label quality per run
+FIGURES_ON = [True]  # False with --no-docs
 SECTION = "## Synthetic domain pair"
 DIRECTIONS = {"mall->street": False, "street->mall": True}
 METRICS = ("mAP", "rank1", "rank5", "rank10")
@@ -132,6 +136,16 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         last = labeler.history[-1]
         result |= {f"pseudo_{k}": last[k] for k in ("ari", "num_clusters", "outlier_fraction")
                    if k in last}
+        result["pseudo_history"] = labeler.history
+        if "ari" in last and FIGURES_ON[0]:  # the figure of every run, for the docs
+            import matplotlib.pyplot as plt
+
+            FIGURES.mkdir(parents=True, exist_ok=True)
+            fig = labeler.quality_figure()
+            direction = "street_to_mall" if reverse else "mall_to_street"
+            fig.suptitle(f"{row}, {direction.replace('_to_', ' -> ')}, seed {seed}", fontsize=9)
+            fig.savefig(FIGURES / f"{row}_{direction}_seed{seed}.png", dpi=80)
+            plt.close(fig)
     return result
 
 
@@ -202,6 +216,7 @@ def main() -> None:
                         help="re-render the table from the saved results, run nothing")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
+    FIGURES_ON[0] = not args.no_docs
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     if args.threads:
         import torch

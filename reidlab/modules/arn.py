@@ -124,6 +124,8 @@ class ARN(ReIDModule):
         source_losses: use L_class and L_ctrs (False: the "w/o L_ctrs, L_class" ablation).
         margin: contrastive margin m on L2-normalised features (1.0).
         contrastive_reduction: ``"sum"`` (eq. 2) or ``"mean"`` over pairs.
+        class_weight: weight of L_class (1 in eq. 5; a knob for the source-fit study in
+            docs/benchmarks.md).
         contrastive_weight: alpha (0.01).
         reconstruction_weight: beta (2.0).
         difference_weight: gamma (1500).
@@ -156,6 +158,7 @@ class ARN(ReIDModule):
         source_losses: bool = True,
         margin: float = 1.0,
         contrastive_reduction: str = "sum",
+        class_weight: float = 1.0,
         contrastive_weight: float = 0.01,
         reconstruction_weight: float = 2.0,
         difference_weight: float = 1500.0,
@@ -301,7 +304,7 @@ class ARN(ReIDModule):
     def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_total, eq. 5."""
         hp = self.hparams
-        weights = {"class": 1.0, "contrastive": hp.contrastive_weight,
+        weights = {"class": hp.class_weight, "contrastive": hp.contrastive_weight,
                    "reconstruction": hp.reconstruction_weight,
                    "difference": hp.difference_weight}
         return sum(weights[k] * v for k, v in losses.items())
@@ -319,6 +322,11 @@ class ARN(ReIDModule):
         size = len(s_pid) + len(t_img)
         self.log_dict({f"train/{k}": v for k, v in losses.items()} | {"train/loss": loss},
                       prog_bar=False, batch_size=size)
+        if self.classifier is not None:  # how well C_S fits the source (without dropout)
+            with torch.no_grad():
+                logits = self.classifier[1](out["shared"][: len(s_pid)])
+            self.log("train/source_accuracy", (logits.argmax(1) == s_pid).float().mean(),
+                     batch_size=len(s_pid), on_step=True, on_epoch=True)
         return loss
 
     def configure_optimizers(self):

@@ -39,12 +39,13 @@ STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def stage_out_channels(module: nn.Module) -> int:
-    """Width of a stage's output: its last BatchNorm's (ResNet blocks end in a BN, so do
-    MobileNetV2's blocks and its final 1x1 conv)."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not norms:
-        raise ValueError(f"{type(module).__name__} has no BatchNorm2d to read its width from")
-    return norms[-1].num_features
+    """Width of a stage's output: its last convolution's (ResNet blocks end in a conv + norm,
+    so do MobileNetV2's blocks and its final 1x1 conv; whatever the norm layers became:
+    BatchNorm, AIBN, DomainBatchNorm)."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(module).__name__} has no Conv2d to read its width from")
+    return convs[-1].out_channels
 
 
 class Backbone(nn.Module):
