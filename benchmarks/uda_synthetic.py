@@ -118,6 +118,8 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
     command = ["fit", "--config", str(path)]
     if row in VALIDATE_ROWS:
         command[0] = "validate"
+        if VALIDATE_ROWS[row] is None:  # the config's initial weights, on purpose
+            command += ["--allow_untrained", "true"]
         if VALIDATE_ROWS[row] == "direct_transfer":
             command += ["--ckpt_path", str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))]
     start = time.perf_counter()

@@ -12,8 +12,11 @@ imported here. The DataModule's ``num_classes`` is linked to the model's.
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.cli import LightningCLI
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
@@ -22,11 +25,60 @@ import reidlab.modules  # noqa: F401  (registers the method modules)
 
 
 class ReIDLabCLI(LightningCLI):
-    """LightningCLI with the DataModule's ``num_classes`` linked to the model."""
+    """LightningCLI with the DataModule's ``num_classes`` linked to the model, and checks:
+
+    * ``--ckpt_path`` must hold a checkpoint of the configured method (Lightning would
+      otherwise rebuild whatever class the checkpoint names, e.g. train a Baseline from an
+      ARN config); a file that is not a checkpoint is named in the error;
+    * ``reidlab test`` without ``--ckpt_path`` refuses to score an untrained model unless
+      ``--allow_untrained true`` (``validate`` warns: it is also how a config's initial
+      weights, e.g. ImageNet, are scored).
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes",
                               apply_on="instantiate")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="test / validate without --ckpt_path (the initial weights)")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_class(ckpt_path, (config.get("model") or {}).get("class_path"))
+        if subcommand in ("test", "validate") and not ckpt_path and not config.get(
+                "allow_untrained"):
+            message = (f"reidlab {subcommand} without --ckpt_path scores the model's initial "
+                       "weights, not a trained run")
+            if subcommand == "test":
+                raise SystemExit(f"error: {message}; pass --ckpt_path CKPT, or "
+                                 "--allow_untrained true to do it anyway")
+            warnings.warn(message, stacklevel=2)
+
+
+def check_checkpoint_class(path: str | Path, configured: str | None) -> None:
+    """Refuse a Lightning checkpoint of another module class than ``configured``.
+
+    Raises:
+        ValueError: the file is not a readable checkpoint, or it holds another class.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and EOF errors of a damaged or foreign file
+        raise ValueError(f"{path} is not a readable Lightning checkpoint: "
+                         f"{type(err).__name__}: {err}") from err
+    saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    if not (saved and configured):
+        return
+    if saved.rsplit(".", 1)[-1] != configured.rsplit(".", 1)[-1]:  # short or full names
+        raise ValueError(
+            f"{path} is a checkpoint of {saved}, but the config trains {configured}: "
+            "--ckpt_path resumes or evaluates a run of the same method; to start a UDA "
+            "method from a source Baseline, pass it as --model.init_args.pretrained")
 
 
 TRAINER_DEFAULTS = {

@@ -43,6 +43,18 @@ def test_quickstart_config_fits_and_evaluates(tmp_path):
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
     main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(ckpts[0])])
+    # another method's config with this Baseline checkpoint: refused, both classes named
+    with pytest.raises(ValueError, match=r"checkpoint of reidlab\.modules\.Baseline.*ARN"):
+        main(["fit", "--config", str(ROOT / "examples" / "configs" / "synthetic" / "arn.yaml"),
+              "--ckpt_path", str(ckpts[0]), "--trainer.max_epochs", "1"])
+    # test without a checkpoint scores random weights: refused unless asked
+    with pytest.raises(SystemExit, match="without --ckpt_path"):
+        main(["test", *tiny_args("quickstart.yaml", tmp_path)])
+    # a file that is no checkpoint is named
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.ckpt is not a readable Lightning checkpoint"):
+        main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(garbage)])
 
 
 def test_console_script_exit_code(tmp_path):
@@ -64,3 +76,11 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "--config", str(ROOT / "examples" / "configs" / config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+def test_smoke_modes_run_and_say_the_metric_is_partial(tmp_path):
+    with pytest.warns(UserWarning, match="partial"):
+        main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.fast_dev_run", "true"])
+    with pytest.warns(UserWarning, match="partial query"):
+        main(["fit", *tiny_args("quickstart.yaml", tmp_path / "limit"),
+              "--trainer.limit_val_batches", "2"])

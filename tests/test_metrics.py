@@ -354,3 +354,14 @@ def test_metric_ddp_uneven_matches_single_process():
     for res in results:
         for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
             assert res[key].item() == pytest.approx(expected[key].item(), abs=1e-6), key
+
+
+def test_retrieval_evaluation_arguments_fail_at_construction():
+    from reidlab.callbacks import RetrievalEvaluation
+
+    with pytest.raises(ValueError, match="unknown metric 'cosin'"):
+        RetrievalEvaluation(metric="cosin")
+    with pytest.raises(ValueError, match="lambda_value in"):
+        RetrievalEvaluation(rerank=True, lambda_value=1.5)
+    with pytest.raises(ValueError, match="top_k >= 1"):
+        RetrievalEvaluation(top_k=0)

@@ -59,6 +59,9 @@ def test_pretrained_baseline_weights_are_loaded_into_student_and_teacher(tmp_pat
         SBase(num_classes=5, pretrained=path, **NET)
     with pytest.raises(OSError, match="missing.ckpt"):
         SBase(num_classes=8, pretrained=str(tmp_path / "missing.ckpt"), **NET)
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(OSError, match="garbage.ckpt: UnpicklingError"):
+        SBase(num_classes=8, pretrained=str(tmp_path / "garbage.ckpt"), **NET)
     torch.save({"state_dict": {"foo": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="no 'backbone"):
         SBase(num_classes=8, pretrained=str(tmp_path / "other.ckpt"), **NET)

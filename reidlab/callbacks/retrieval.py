@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -47,6 +48,10 @@ class RetrievalEvaluation(pl.Callback):
     ) -> None:
         self.metric_kwargs = dict(metric=metric, normalize_features=normalize_features,
                                   rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value)
+        ReIDRetrievalMetric(**self.metric_kwargs)  # bad arguments fail now, not epochs later
+        if num_figure_queries < 0 or top_k < 1:
+            raise ValueError(f"need num_figure_queries >= 0 and top_k >= 1, got "
+                             f"{num_figure_queries} and {top_k}")
         self.num_figure_queries = num_figure_queries
         self.top_k = top_k
         self.metric: ReIDRetrievalMetric | None = None
@@ -88,8 +93,29 @@ class RetrievalEvaluation(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._finish(trainer, pl_module, "test")
 
+    @staticmethod
+    def partial(trainer: pl.Trainer, stage: str) -> bool:
+        """Whether the trainer evaluates only part of the query + gallery
+        (``fast_dev_run``, ``limit_val_batches`` / ``limit_test_batches``)."""
+        limit = trainer.limit_val_batches if stage == "val" else trainer.limit_test_batches
+        return bool(trainer.fast_dev_run) or isinstance(limit, int) or limit < 1.0
+
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        result = self.metric.compute()
+        partial = self.partial(trainer, stage)
+        try:
+            result = self.metric.compute()
+        except ValueError as err:
+            if not (partial and "no query has a true match" in str(err)):
+                raise
+            rank_zero_warn(f"{stage}: a partial evaluation (fast_dev_run / limit_{stage}_"
+                           "batches) holds no query with its match: retrieval metrics skipped")
+            self.metric.reset()
+            self.indices = []
+            return
+        if partial:
+            rank_zero_warn(f"{stage}: retrieval metrics of a partial query + gallery "
+                           f"(fast_dev_run / limit_{stage}_batches): not comparable to a "
+                           "full evaluation")
         self.last = {k: float(v) for k, v in result.items() if k != "cmc"}
         for name, value in self.last.items():
             pl_module.log(f"{stage}/{name}", value, prog_bar=name in ("mAP", "rank1"),

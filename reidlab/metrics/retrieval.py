@@ -65,7 +65,13 @@ class ReIDRetrievalMetric(Metric):
     ) -> None:
         super().__init__(**kwargs)
         if metric not in ("euclidean", "sqeuclidean", "cosine"):
-            raise ValueError(f"unknown metric {metric!r}")
+            raise ValueError(f"unknown metric {metric!r}: use 'euclidean', 'sqeuclidean' or "
+                             "'cosine'")
+        if rerank and not (k1 >= 1 and k2 >= 1 and 0.0 <= lambda_value <= 1.0):
+            raise ValueError(f"re-ranking needs k1, k2 >= 1 and lambda_value in [0, 1], got "
+                             f"k1={k1}, k2={k2}, lambda_value={lambda_value}")
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         self.metric = metric
         self.normalize_features = normalize_features
         self.rerank = rerank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -71,10 +72,13 @@ def load_baseline_parts(path: str, parts: dict[str, nn.Module],
         OSError: the file cannot be read. ValueError: it holds no ``backbone.*`` weights, or
         a part does not fit (different backbone, width or number of classes).
     """
+    if not Path(path).is_file():
+        raise OSError(f"the pretrained Baseline checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as err:
-        raise OSError(f"cannot read the pretrained Baseline checkpoint {path}: {err}") from err
+    except Exception as err:  # pickle / zip / EOF errors of a damaged or foreign file
+        raise OSError(f"cannot read the pretrained Baseline checkpoint {path}: "
+                      f"{type(err).__name__}: {err}") from err
     state = state.get("state_dict", state)
     if not any(k.startswith("backbone.") for k in state):
         raise ValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
