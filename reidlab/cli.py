@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningCLI
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
+from reidlab.callbacks import FeatureWriter
 
 
 class ReIDLabCLI(LightningCLI):
@@ -31,8 +33,9 @@ class ReIDLabCLI(LightningCLI):
       otherwise rebuild whatever class the checkpoint names, e.g. train a Baseline from an
       ARN config); a file that is not a checkpoint is named in the error;
     * ``reidlab test`` without ``--ckpt_path`` refuses to score an untrained model unless
-      ``--allow_untrained true`` (``validate`` warns: it is also how a config's initial
-      weights, e.g. ImageNet, are scored).
+      ``--allow_untrained true`` (``validate`` and ``predict`` warn: they are also how a
+      config's initial weights, e.g. ImageNet, are scored or exported);
+    * ``reidlab predict`` writes the features (:meth:`before_predict`).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -49,8 +52,13 @@ class ReIDLabCLI(LightningCLI):
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            check_checkpoint_class(ckpt_path, (config.get("model") or {}).get("class_path"))
-        if subcommand in ("test", "validate") and not ckpt_path and not config.get(
+            hparams = check_checkpoint_class(ckpt_path,
+                                             (config.get("model") or {}).get("class_path"))
+            data = config.get("data") or {}
+            if str(data.get("class_path", "")).endswith("ImageFolderDataModule"):
+                # a folder has no classes: the model keeps the checkpoint's
+                data["init_args"]["num_classes"] = int(hparams.get("num_classes") or 0)
+        if subcommand in ("test", "validate", "predict") and not ckpt_path and not config.get(
                 "allow_untrained"):
             message = (f"reidlab {subcommand} without --ckpt_path scores the model's initial "
                        "weights, not a trained run")
@@ -60,8 +68,17 @@ class ReIDLabCLI(LightningCLI):
             warnings.warn(message, stacklevel=2)
 
 
-def check_checkpoint_class(path: str | Path, configured: str | None) -> None:
-    """Refuse a Lightning checkpoint of another module class than ``configured``.
+    def before_predict(self) -> None:
+        """``reidlab predict`` writes the features (a :class:`FeatureWriter` to
+        ``<default_root_dir>/features.pt`` unless a prediction writer is configured)."""
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            output = Path(self.trainer.default_root_dir) / "features.pt"
+            self.trainer.callbacks.append(FeatureWriter(output))
+
+
+def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
+    """Refuse a Lightning checkpoint of another module class than ``configured``; returns
+    its hyperparameters.
 
     Raises:
         ValueError: the file is not a readable checkpoint, or it holds another class.
@@ -71,14 +88,16 @@ def check_checkpoint_class(path: str | Path, configured: str | None) -> None:
     except Exception as err:  # pickle, zip and EOF errors of a damaged or foreign file
         raise ValueError(f"{path} is not a readable Lightning checkpoint: "
                          f"{type(err).__name__}: {err}") from err
-    saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    saved = hparams.get("_class_path")
     if not (saved and configured):
-        return
+        return hparams
     if saved.rsplit(".", 1)[-1] != configured.rsplit(".", 1)[-1]:  # short or full names
         raise ValueError(
             f"{path} is a checkpoint of {saved}, but the config trains {configured}: "
             "--ckpt_path resumes or evaluates a run of the same method; to start a UDA "
             "method from a source Baseline, pass it as --model.init_args.pretrained")
+    return hparams
 
 
 TRAINER_DEFAULTS = {

@@ -84,3 +84,55 @@ def test_smoke_modes_run_and_say_the_metric_is_partial(tmp_path):
     with pytest.warns(UserWarning, match="partial query"):
         main(["fit", *tiny_args("quickstart.yaml", tmp_path / "limit"),
               "--trainer.limit_val_batches", "2"])
+
+
+def test_predict_writes_features_of_query_gallery_and_of_a_plain_folder(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from reidlab.callbacks import FeatureWriter
+    from reidlab.datamodules import ImageFolderDataModule
+    from reidlab.modules import Baseline
+
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
+    ckpt = str(next(tmp_path.rglob("*.ckpt")))
+    main(["predict", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", ckpt])
+    out = torch.load(tmp_path / "features.pt", weights_only=False)
+    model = Baseline.load_from_checkpoint(ckpt, map_location="cpu")
+    n = len(out["paths"])
+    assert out["features"].shape == (n, model.feature_dim) and out["num_query"] < n
+    assert out["pids"].shape == out["camids"].shape == (n,) and (out["pids"] >= 0).all()
+    # the first row is the first query image: the same feature as extracting it by hand
+    dm = ImageFolderDataModule(str(Path(out["paths"][0]).parent), height=64, width=32,
+                               num_workers=0)
+    first = dm.records.index(next(r for r in dm.records if r.path == out["paths"][0]))
+    image = dm.predict_dataloader().dataset[first][0][None]
+    torch.testing.assert_close(out["features"][0], model.extract_features(image)[0],
+                               rtol=1e-4, atol=1e-5)
+    # a plain folder of images without ids, to .npz
+    folder = tmp_path / "photos" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 64), (40 * i, 80, 120)).save(folder / f"p{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    import pytorch_lightning as pl
+    writer = FeatureWriter(tmp_path / "photos.npz")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[writer],
+                         enable_progress_bar=False)
+    trainer.predict(model, ImageFolderDataModule(str(tmp_path / "photos"), 64, 32,
+                                                 num_workers=0))
+    saved = np.load(tmp_path / "photos.npz")
+    assert saved["features"].shape == (3, model.feature_dim)
+    assert [Path(p).name for p in saved["paths"]] == ["p0.png", "p1.png", "p2.png"]
+    assert (saved["pids"] == -1).all()
+    with pytest.raises(ValueError, match="must end in"):
+        FeatureWriter(tmp_path / "features.csv")
+    # the same folder from the command line: the model keeps the checkpoint's classes
+    main(["predict", "--model", "Baseline", "--data", "ImageFolderDataModule",
+          "--data.root", str(tmp_path / "photos"), "--data.height", "64", "--data.width", "32",
+          "--data.num_workers", "0", "--ckpt_path", ckpt, "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path / "out")])
+    cli_out = torch.load(tmp_path / "out" / "features.pt", weights_only=False)
+    np.testing.assert_allclose(cli_out["features"].numpy(), saved["features"], rtol=1e-4,
+                               atol=1e-5)

@@ -1,7 +1,8 @@
 """Callbacks: pseudo-labelling (and IICS's stage schedule), mean teacher, retrieval
-evaluation and figure logging."""
+evaluation, figure logging and feature export."""
 
 from reidlab.callbacks.adabn import AdaBN
+from reidlab.callbacks.feature_writer import FeatureWriter
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.figures import figure_folder, log_figure, ranked_list_figure
 from reidlab.callbacks.iics_stages import IICSStages
@@ -10,7 +11,7 @@ from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.callbacks.retrieval import RetrievalEvaluation
 
 __all__ = [
-    "AdaBN",
+    "AdaBN", "FeatureWriter",
     "IICSStages", "MeanTeacher", "PseudoLabeling", "RetrievalEvaluation", "collect_features",
     "figure_folder", "log_figure", "ranked_list_figure", "update_momentum",
 ]

@@ -1,6 +1,7 @@
 """LightningDataModules, samplers and transforms."""
 
 from reidlab.datamodules.cross_domain import CrossDomainDataModule
+from reidlab.datamodules.folder import ImageFolderDataModule
 from reidlab.datamodules.reid import ReIDDataModule
 from reidlab.datamodules.samplers import (
     CameraAwarePKBatchSampler,
@@ -12,7 +13,7 @@ from reidlab.datamodules.samplers import (
 from reidlab.datamodules.transforms import build_transforms
 
 __all__ = [
-    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "PKBatchSampler",
+    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "ImageFolderDataModule", "PKBatchSampler",
     "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler",
     "build_transforms",
 ]
