@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from reidlab.nn import DomainBatchNorm, bn_domain, build_backbone, convert_to_domain_bn
+from reidlab.nn import (
+    DomainBatchNorm,
+    bn_domain,
+    build_backbone,
+    convert_to_domain_bn,
+    reestimate_bn_statistics,
+)
 
 
 def _batches(seed: int, shift: float, n: int = 3) -> list[torch.Tensor]:
@@ -76,3 +82,24 @@ def test_converted_network_computes_what_it_did_for_every_domain():
             torch.testing.assert_close(converted(x), net(x))
     params = sum(p.numel() for p in net.parameters())
     assert sum(p.numel() for p in converted.parameters()) == params  # affine shared
+
+
+def test_reestimating_one_domain_leaves_the_other_and_matches_plain_adabn():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 1),
+                          nn.BatchNorm2d(5))
+    converted = copy.deepcopy(plain)
+    convert_to_domain_bn(converted)
+    with bn_domain(converted, 0):  # some source statistics first
+        converted.train()(torch.randn(8, 3, 6, 6) + 2)
+    source_before = [m.running_mean[0].clone() for m in converted.modules()
+                     if isinstance(m, DomainBatchNorm)]
+    batches = [torch.randn(5, 3, 6, 6) * 2 - 1 for _ in range(3)]
+    reestimate_bn_statistics(plain, batches)
+    assert reestimate_bn_statistics(converted, batches, domain=1) == 15
+    layers = [m for m in converted.modules() if isinstance(m, DomainBatchNorm)]
+    for layer, ref, before in zip(layers, [plain[1], plain[4]], source_before, strict=True):
+        torch.testing.assert_close(layer.running_mean[1], ref.running_mean)
+        torch.testing.assert_close(layer.running_var[1], ref.running_var)
+        torch.testing.assert_close(layer.running_mean[0], before)
+        assert layer.momentum == 0.1 and layer.domain == 0

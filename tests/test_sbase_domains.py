@@ -207,3 +207,46 @@ def test_cid_compares_bnneck_features_normalised_with_their_domains_batch():
     # the recompositions leave the running statistics alone: only the two real batches
     # (one per domain) were counted
     assert bn.num_batches_tracked.tolist() == [1, 1]
+
+
+def test_first_clustering_sees_target_statistics_estimated_on_the_target(tmp_path):
+    import pytorch_lightning as pl
+
+    from reidlab.callbacks import PseudoLabeling
+    from reidlab.datamodules import CrossDomainDataModule
+    from reidlab.nn import reestimate_bn_statistics
+
+    tiny = {"num_train_ids": 6, "num_test_ids": 4, "images_per_id": 5, "height": 64,
+            "width": 32}
+    dm = CrossDomainDataModule(source_kwargs=tiny, target="synthetic:street", target_kwargs=tiny,
+                               height=32, width=16, num_ids=2, num_instances=4, num_workers=0)
+    torch.manual_seed(0)
+    model = SBase(num_classes=6, memory_bank=False, **NET)
+    torch.manual_seed(0)  # the same start with plain BN, re-estimated by hand below
+    plain = SBase(num_classes=6, memory_bank=False, domain_bn=False, **NET)
+    first_plain = next(m for m in plain.student.modules() if isinstance(m, nn.BatchNorm2d))
+    start = first_plain.running_mean.clone()
+    seen = {}
+
+    class Spy(PseudoLabeling):
+        def recluster(self, trainer, pl_module, for_epoch=None):
+            if not seen:
+                layer = next(m for m in pl_module.teacher.modules()
+                             if isinstance(m, DomainBatchNorm))
+                seen["teacher"] = layer.running_mean.clone()
+            return super().recluster(trainer, pl_module, for_epoch)
+
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1,
+                         limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, default_root_dir=str(tmp_path),
+                         callbacks=[Spy(eps=0.9, min_samples=2, k1=6, k2=2)])
+    trainer.fit(model, dm)
+    loader = dm.eval_dataloader(dm.target_data.train)
+    reestimate_bn_statistics(torch.nn.ModuleList([plain.student, plain.neck]),
+                             (b[0] for b in loader),
+                             lambda x: plain.neck.bn(plain.student(x)[1]))
+    torch.testing.assert_close(seen["teacher"][1], first_plain.running_mean)
+    torch.testing.assert_close(seen["teacher"][0], start)  # the source's are kept
+    assert not torch.allclose(start, first_plain.running_mean)
+    assert bool(model.target_statistics_ready)

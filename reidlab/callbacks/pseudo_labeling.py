@@ -42,6 +42,9 @@ class PseudoLabeling(pl.Callback):
        ``module.on_pseudo_labels(labels, centers, features)`` with the cluster centres
        ``(K, D)`` and all features ``(N, D)``.
 
+    Before the first clustering of a fit, ``module.prepare_target_statistics(trainer)`` is
+    called when the module has it (SBase re-estimates its target BN statistics there).
+
     Logs ``pseudo/num_clusters``, ``pseudo/outlier_fraction`` and, when the target's true
     training ids are known (``quality=True``; synthetic data, benchmarks; never used for
     training), ``pseudo/ari``, ``nmi``, ``pair_precision``, ``pair_recall`` with a plot over
@@ -121,6 +124,9 @@ class PseudoLabeling(pl.Callback):
             # resumed: the module's classifier and memory came with the checkpoint
             trainer.datamodule.set_pseudo_labels(self.labels)
             return
+        prepare = getattr(pl_module, "prepare_target_statistics", None)
+        if prepare is not None:  # e.g. SBase's target BN statistics, before its first labels
+            prepare(trainer)
         self.recluster(trainer, pl_module, for_epoch=epoch)
         self._optimizer_reset_pending = True
 

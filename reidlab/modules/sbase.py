@@ -20,8 +20,11 @@ with, and the clustering and test features are computed under them. reidlab uses
 domain-specific BN by default (``domain_bn``; DSBN, Chang et al., CVPR 2019, as SpCL's
 UDA pipeline does): every BN of the encoder and the BNNeck keeps running statistics per
 domain (:class:`~reidlab.nn.DomainBatchNorm`), each training batch updates its own
-domain's, and clustering, memory and test features use the target's. ``domain_bn=False``
-is the single shared BN (the ``sbase_shared_bn`` ablation row).
+domain's, and clustering, memory and test features use the target's. The target's
+statistics start as those of the target training images (re-estimated before the first
+clustering, as AdaBN does; ``init_target_statistics``), not as the source Baseline's, so
+the first clustering already sees target-normalised features. ``domain_bn=False`` is the
+single shared BN (the ``sbase_shared_bn`` ablation row).
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.mean_teacher import MeanTeacher
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.clustering import cluster_centers
+from reidlab.datasets import ReIDImageDataset
 from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss, zero_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
 from reidlab.nn import (
@@ -50,6 +56,7 @@ from reidlab.nn import (
     build_backbone,
     build_pooling,
     convert_to_domain_bn,
+    reestimate_bn_statistics,
 )
 
 SOURCE, TARGET = 0, 1  # domain indices of the DomainBatchNorm statistics
@@ -140,6 +147,9 @@ class SBase(ReIDModule):
             ablation).
         per_domain_affine: with ``domain_bn``, per-domain BN weights and biases as well
             (DSBN's full form; default: shared affine parameters).
+        init_target_statistics: with ``domain_bn``, re-estimate the target's statistics on
+            the target training images before the first clustering (False: they start as
+            the source Baseline's).
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class SBase(ReIDModule):
         bn_chunk: int | None = None,
         domain_bn: bool = True,
         per_domain_affine: bool = False,
+        init_target_statistics: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -184,6 +195,8 @@ class SBase(ReIDModule):
         if domain_bn:  # after loading: the Baseline's statistics start both domains
             convert_to_domain_bn(self.student, per_domain_affine=per_domain_affine)
             convert_to_domain_bn(self.neck, per_domain_affine=per_domain_affine)
+        # whether the target statistics were estimated on target images (checkpointed)
+        self.register_buffer("target_statistics_ready", torch.tensor(False))
         self.teacher = copy.deepcopy(self.student).requires_grad_(False) if mean_teacher else None
         # built in setup() once the target size is known (or from a checkpoint)
         self.target_classifier: nn.Parameter | None = None
@@ -274,6 +287,30 @@ class SBase(ReIDModule):
         return self.clustering_features(images)
 
     # -- pseudo-labels and memory -----------------------------------------------------------
+    @torch.no_grad()
+    def prepare_target_statistics(self, trainer: pl.Trainer) -> None:
+        """Before the first clustering (called by :class:`~reidlab.callbacks.PseudoLabeling`):
+        the target's BN statistics of the student and the BNNeck re-estimated on the target
+        training images (test transform; AdaBN, Li et al. 2017), copied to the teacher.
+        Every rank makes the same pass over all the images (one pass, exact and identical
+        on every rank under DDP). Once per training (``target_statistics_ready``)."""
+        hp = self.hparams
+        if not (hp.domain_bn and hp.init_target_statistics) or bool(self.target_statistics_ready):
+            return
+        dm = trainer.datamodule
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        loader = DataLoader(ReIDImageDataset(dm.target_data.train, dm.test_transform),
+                            batch_size=dm.hparams.eval_batch_size,
+                            num_workers=dm.hparams.num_workers)
+        batches = (b[0].to(self.device) for b in tqdm(loader, desc="target BN statistics",
+                                                        disable=not show, leave=False))
+        reestimate_bn_statistics(nn.ModuleList([self.student, self.neck]), batches,
+                                 lambda x: self.neck.bn(self.student(x)[1]), domain=TARGET)
+        if self.teacher is not None:
+            for t, s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+                t.copy_(s)
+        self.target_statistics_ready.fill_(True)
+
     @torch.no_grad()
     def on_pseudo_labels(self, labels: np.ndarray, centers: torch.Tensor,
                          features: torch.Tensor) -> None:

@@ -15,7 +15,8 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 @torch.no_grad()
 def reestimate_bn_statistics(module: nn.Module, batches: Iterable[torch.Tensor],
-                             forward: Callable[[torch.Tensor], object] | None = None) -> int:
+                             forward: Callable[[torch.Tensor], object] | None = None,
+                             domain: int | None = None) -> int:
     """Replace the running statistics of every BatchNorm in ``module`` by those of
     ``batches`` (AdaBN: Li et al., "Revisiting Batch Normalization For Practical Domain
     Adaptation", ICLR-W 2017; in re-ID the standard "direct transfer + target BN" reference).
@@ -29,24 +30,36 @@ def reestimate_bn_statistics(module: nn.Module, batches: Iterable[torch.Tensor],
         batches: image batches (already on the module's device), e.g. the target's
             training images with the test transform.
         forward: what to call on each batch (default ``module``).
+        domain: re-estimate this domain's statistics of every :class:`DomainBatchNorm`
+            (under :func:`bn_domain`), leaving the other domains' and plain BNs alone;
+            None: the plain BatchNorms.
 
     Returns:
         The number of images seen.
     """
-    norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+    kinds = BATCH_NORMS if domain is None else (DomainBatchNorm,)
+    norms = [m for m in module.modules() if isinstance(m, kinds)
+             and (domain is not None or m.track_running_stats)]
     if not norms:
-        raise ValueError(f"{type(module).__name__} has no BatchNorm with running statistics")
+        what = "BatchNorm with running statistics" if domain is None else "DomainBatchNorm"
+        raise ValueError(f"{type(module).__name__} has no {what}")
     momenta = [m.momentum for m in norms]
     was_training = module.training
     seen = 0
     try:
         for m in norms:
-            m.reset_running_stats()
+            if domain is None:
+                m.reset_running_stats()
+            else:
+                m.reset_domain_statistics(domain)
             m.momentum = None  # cumulative average
         module.train()
-        for images in batches:
-            (forward or module)(images)
-            seen += len(images)
+        with contextlib.ExitStack() as stack:
+            if domain is not None:
+                stack.enter_context(bn_domain(module, domain))
+            for images in batches:
+                (forward or module)(images)
+                seen += len(images)
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -93,6 +106,13 @@ class DomainBatchNorm(nn.Module):
             self.weight, self.bias = copy(bn.weight), copy(bn.bias)
         else:
             self.weight = self.bias = None
+
+    @torch.no_grad()
+    def reset_domain_statistics(self, domain: int) -> None:
+        """Running mean 0, variance 1 and no batch counted for ``domain``."""
+        self.running_mean[domain].zero_()
+        self.running_var[domain].fill_(1.0)
+        self.num_batches_tracked[domain].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.domain
