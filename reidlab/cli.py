@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.cli import LightningCLI
+import yaml
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
@@ -36,6 +37,14 @@ class ReIDLabCLI(LightningCLI):
       ``--allow_untrained true`` (``validate`` and ``predict`` warn: they are also how a
       config's initial weights, e.g. ImageNet, are scored or exported);
     * ``reidlab predict`` writes the features (:meth:`before_predict`).
+
+    Checkpoints and config of a run go to one stable folder per run name (the logger's
+    ``name``, else the config file's stem), under the logger's ``save_dir`` (else the
+    trainer's ``default_root_dir``): ``<dir>/<name>/checkpoints/`` with ``last.ckpt``
+    written every epoch and ``<dir>/<name>/config.yaml``, the full config (trainer and
+    callbacks included; also logged to the run's loggers). ``--ckpt_path last`` resumes
+    from that ``last.ckpt`` and refuses when there is none. ModelCheckpoints configured
+    with their own ``dirpath`` are left as they are.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -68,12 +77,66 @@ class ReIDLabCLI(LightningCLI):
             warnings.warn(message, stacklevel=2)
 
 
+    def run_name(self) -> str:
+        """The logger's ``name`` when the config gives one, else the config file's stem."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = (config.get("trainer") or {}).get("logger")
+        name = None
+        if isinstance(logger, dict) or hasattr(logger, "get"):
+            name = (logger.get("init_args") or {}).get("name")
+        if not name and config.get("config"):
+            name = Path(str(config["config"][-1])).stem
+        return str(name or "reidlab")
+
+    def run_dir(self, trainer: pl.Trainer) -> Path:
+        """``<logger save_dir or default_root_dir>/<run name>``."""
+        save_dir = getattr(trainer.logger, "save_dir", None) if trainer.logger else None
+        return Path(save_dir or trainer.default_root_dir) / self.run_name()
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(self.run_dir(trainer) / "checkpoints")
+                callback.save_last = True
+        return trainer
+
+    def before_fit(self) -> None:
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        folders = [c.dirpath for c in self.trainer.checkpoint_callbacks
+                   if isinstance(c, ModelCheckpoint) and c.dirpath]
+        if not any((Path(d) / "last.ckpt").is_file() for d in folders):
+            raise SystemExit(f"error: --ckpt_path last: no last.ckpt in "
+                             f"{', '.join(folders) or 'any checkpoint folder'}; nothing to "
+                             "resume (drop --ckpt_path to start the run)")
+
     def before_predict(self) -> None:
         """``reidlab predict`` writes the features (a :class:`FeatureWriter` to
         ``<default_root_dir>/features.pt`` unless a prediction writer is configured)."""
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             output = Path(self.trainer.default_root_dir) / "features.pt"
             self.trainer.callbacks.append(FeatureWriter(output))
+
+
+class RunConfig(SaveConfigCallback):
+    """The full config of a run, next to its checkpoints (``<run dir>/config.yaml``,
+    see :class:`ReIDLabCLI`), and in the hyperparameters of its loggers (W&B run config)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **(kwargs | {"save_to_log_dir": False}))
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                    stage: str) -> None:
+        folders = [Path(c.dirpath).parent for c in trainer.checkpoint_callbacks
+                   if isinstance(c, ModelCheckpoint) and c.dirpath]
+        folder = folders[0] if folders else Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, folder / self.config_filename, skip_none=False,
+                         overwrite=True, multifile=self.multifile)
+        dump = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": dump})
 
 
 def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
@@ -117,6 +180,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
         args=args,
     )

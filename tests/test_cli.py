@@ -40,8 +40,11 @@ def test_quickstart_config_fits_and_evaluates(tmp_path):
     assert figures, "the ranked-list figure is saved next to the CSV logs"
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "val/mAP" in metrics
-    ckpts = list(tmp_path.rglob("*.ckpt"))
-    assert len(ckpts) == 1
+    run = tmp_path / "quickstart-baseline-mall-to-street"  # the logger's name
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [c.name for c in ckpts] == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    config = (run / "config.yaml").read_text()  # the full config, next to the checkpoints
+    assert "RetrievalEvaluation" in config and "max_epochs: 1" in config
     main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(ckpts[0])])
     # another method's config with this Baseline checkpoint: refused, both classes named
     with pytest.raises(ValueError, match=r"checkpoint of reidlab\.modules\.Baseline.*ARN"):
@@ -136,3 +139,17 @@ def test_predict_writes_features_of_query_gallery_and_of_a_plain_folder(tmp_path
     cli_out = torch.load(tmp_path / "out" / "features.pt", weights_only=False)
     np.testing.assert_allclose(cli_out["features"].numpy(), saved["features"], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_ckpt_path_last_resumes_the_run_or_refuses(tmp_path):
+    import torch
+
+    with pytest.raises(SystemExit, match="no last.ckpt"):
+        main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", "last"])
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.max_epochs", "2",
+          "--ckpt_path", "last"])
+    last = torch.load(tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
+                      / "last.ckpt", weights_only=False)
+    # the second fit continued the first: 2 epochs of 2 batches in all, not 2 + 4
+    assert last["epoch"] == 1 and last["global_step"] == 4
