@@ -12,6 +12,7 @@ imported here. The DataModule's ``num_classes`` is linked to the model's.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class ReIDLabCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
+        self._integer_limits = self.integer_limits(config, args)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             hparams = check_checkpoint_class(ckpt_path,
@@ -94,6 +96,9 @@ class ReIDLabCLI(LightningCLI):
         return Path(save_dir or trainer.default_root_dir) / self.run_name()
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        trainer_config = self._get(self.config_init, "trainer")
+        for name, value in getattr(self, "_integer_limits", {}).items():
+            trainer_config[name] = value
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
@@ -110,6 +115,26 @@ class ReIDLabCLI(LightningCLI):
             raise SystemExit(f"error: --ckpt_path last: no last.ckpt in "
                              f"{', '.join(folders) or 'any checkpoint folder'}; nothing to "
                              "resume (drop --ckpt_path to start the run)")
+
+    @staticmethod
+    def integer_limits(config, args) -> dict[str, int]:
+        """Lightning reads ``limit_train_batches: 1`` as one batch and ``1.0`` as every
+        batch, but the parser turns an integer into a float: the integers written in the
+        config files and on the command line (put back when the trainer is built)."""
+        written = {}
+        for path in config.get("config") or []:
+            trainer = (yaml.safe_load(Path(str(path)).read_text()) or {}).get("trainer") or {}
+            written |= {k: trainer[k] for k in INTEGER_OR_FRACTION if k in trainer}
+        tokens = [str(t) for t in (sys.argv[1:] if args is None else args)]
+        for i, token in enumerate(tokens):
+            key, _, value = token.partition("=")
+            name = key.removeprefix("--trainer.")
+            if key.startswith("--trainer.") and name in INTEGER_OR_FRACTION:
+                if not value and i + 1 < len(tokens):
+                    value = tokens[i + 1]
+                written[name] = yaml.safe_load(value) if value else None
+        return {name: value for name, value in written.items()
+                if isinstance(value, int) and not isinstance(value, bool)}
 
     def before_predict(self) -> None:
         """``reidlab predict`` writes the features (a :class:`FeatureWriter` to
@@ -162,6 +187,10 @@ def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
             "method from a source Baseline, pass it as --model.init_args.pretrained")
     return hparams
 
+
+# Trainer arguments where an int counts batches and a float is a fraction
+INTEGER_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                       "limit_predict_batches", "val_check_interval", "overfit_batches")
 
 TRAINER_DEFAULTS = {
     # Identity samplers split batches across ranks themselves.

@@ -153,3 +153,13 @@ def test_ckpt_path_last_resumes_the_run_or_refuses(tmp_path):
                       / "last.ckpt", weights_only=False)
     # the second fit continued the first: 2 epochs of 2 batches in all, not 2 + 4
     assert last["epoch"] == 1 and last["global_step"] == 4
+
+
+def test_limit_train_batches_1_means_one_batch(tmp_path):
+    import torch
+
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.limit_train_batches", "1",
+          "--trainer.check_val_every_n_epoch", "5"])
+    last = torch.load(tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
+                      / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 1  # not a full epoch (the parser's float 1.0)
