@@ -19,7 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
+from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
@@ -104,7 +104,39 @@ class ReIDLabCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(self.run_dir(trainer) / "checkpoints")
                 callback.save_last = True
+        if trainer.loggers and not any(isinstance(c, LearningRateMonitor)
+                                       for c in trainer.callbacks):
+            trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         return trainer
+
+    def summary(self) -> str:
+        """The end of a run in a few lines: final metrics in %, where things are."""
+        trainer = self.trainer
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("val/", "test/")) and v.numel() == 1}
+        lines = [f"reidlab {self.subcommand}: done"]
+        if metrics:
+            width = max(map(len, metrics))
+            lines += [f"  {k:<{width}}  {100 * v:6.2f} %" for k, v in sorted(metrics.items())]
+        for c in trainer.checkpoint_callbacks:
+            if isinstance(c, ModelCheckpoint) and (c.last_model_path or c.best_model_path):
+                lines.append(f"  checkpoint: {c.last_model_path or c.best_model_path}")
+        run = self.run_dir(trainer)
+        if (run / "config.yaml").is_file():
+            lines.append(f"  config:     {run / 'config.yaml'}")
+        figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        if figures.is_dir():
+            lines.append(f"  figures:    {figures}")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                lines.append(f"  W&B run:    {logger.experiment.dir} (figures and metrics)")
+        return "\n".join(lines)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(self.summary())
+
+    after_validate = after_test = after_fit
 
     def before_fit(self) -> None:
         if self.config_init[self.subcommand].get("ckpt_path") != "last":

@@ -34,12 +34,15 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDLAB_CACHE", str(tmp_path / "cache"))
 
 
-def test_quickstart_config_fits_and_evaluates(tmp_path):
+def test_quickstart_config_fits_and_evaluates(tmp_path, capsys):
     main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
+    summary = capsys.readouterr().out
+    assert "reidlab fit: done" in summary and "val/mAP" in summary and " %" in summary
+    assert "last.ckpt" in summary and "config.yaml" in summary and "figures" in summary
     figures = list(tmp_path.rglob("figures/val_ranked_list_epoch*.png"))
     assert figures, "the ranked-list figure is saved next to the CSV logs"
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
-    assert "val/mAP" in metrics
+    assert "val/mAP" in metrics and "lr-Adam" in metrics  # the learning rate is logged
     run = tmp_path / "quickstart-baseline-mall-to-street"  # the logger's name
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in ckpts] == ["epoch=0-step=2.ckpt", "last.ckpt"]
