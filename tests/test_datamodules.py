@@ -113,3 +113,27 @@ def test_source_only_batches_for_direct_transfer(market_root):
     assert set(batch) == {"source"}
     with pytest.raises(ValueError, match="without a source"):
         CrossDomainDataModule(None, "market1501", train_target=False)
+
+
+def test_bad_images_are_all_listed_at_setup(tmp_path):
+    from reidlab.datasets.base import DatasetFormatError
+
+    top = write_market_tree(tmp_path / "Market-1501")
+    train = sorted((top / "bounding_box_train").glob("*.jpg"))
+    train[0].write_bytes(b"")                               # zero bytes
+    train[1].write_bytes(train[1].read_bytes()[:200])        # truncated JPEG
+    (top / "query" / "0101_c1s1_000000_00.jpg").write_text("not an image")
+    dm = ReIDDataModule("market1501", root=str(top), **SIZE)
+    with pytest.raises(DatasetFormatError, match="3 of the .* images of market1501") as err:
+        dm.prepare_data()
+    for path in (train[0], train[1], top / "query" / "0101_c1s1_000000_00.jpg"):
+        assert str(path) in str(err.value)
+    assert str(train[2]) not in str(err.value)
+    ReIDDataModule("market1501", root=str(top), verify_images=False, **SIZE).prepare_data()
+    cross = CrossDomainDataModule("market1501", "market1501", source_root=str(top),
+                                  target_root=str(top), **SIZE)
+    with pytest.raises(DatasetFormatError, match="cannot be read"):
+        cross.prepare_data()
+    # at load time, the error is short and names the file
+    with pytest.raises(OSError, match=train[1].name):
+        read_image(str(train[1]))

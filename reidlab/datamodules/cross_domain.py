@@ -62,6 +62,8 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         flip_p: train-time horizontal flip probability.
         padding: train-time padding before the random crop.
         erasing_p: train-time random erasing probability.
+        verify_images: decode every image once in ``prepare_data`` and list the bad files
+            (None: for real datasets, not for synthetic ones).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         flip_p: float = 0.5,
         padding: int = 10,
         erasing_p: float = 0.5,
+        verify_images: bool | None = None,
     ) -> None:
         if sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
@@ -125,7 +128,11 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         return 0 if self.source_data is None else self.source_data.num_train_pids
 
     def prepare_data(self) -> None:
-        self.source_data, self.target_data  # noqa: B018  (generates synthetic data once)
+        """Parse (generate synthetic data) and check the images, once per node."""
+        hp = self.hparams
+        if self.source_data is not None:
+            self.verify(hp.source, self.source_data, hp.verify_images)
+        self.verify(hp.target, self.target_data, hp.verify_images)
 
     # -- pseudo-labels -------------------------------------------------------------------
     def set_pseudo_labels(self, labels: np.ndarray | list[int] | None,

@@ -20,6 +20,8 @@ from reidlab.datamodules.samplers import (
 )
 from reidlab.datamodules.transforms import build_transforms
 from reidlab.datasets import Record, ReIDDataset, ReIDImageDataset, build_dataset
+from reidlab.datasets.base import DatasetFormatError
+from reidlab.datasets.image_dataset import find_bad_images
 
 TRAIN_SAMPLERS = ("pk", "camera_pk", "random")
 
@@ -44,6 +46,25 @@ class ReIDDataModuleBase(pl.LightningDataModule):
     @staticmethod
     def build(name: str, root: str | None, kwargs: dict[str, Any] | None) -> ReIDDataset:
         return build_dataset(name, root, **(kwargs or {}))
+
+    @staticmethod
+    def verify(name: str, data: ReIDDataset, verify_images: bool | None) -> None:
+        """Decode every image of ``data`` once (``verify_images``; None: real datasets
+        only, the synthetic ones are written by reidlab) and list every bad file at once.
+
+        Raises:
+            DatasetFormatError: naming each missing, empty, truncated or non-image file.
+        """
+        if verify_images is False or (verify_images is None and name.startswith("synthetic")):
+            return
+        paths = sorted({r.path for r in data.train + data.query + data.gallery})
+        bad = find_bad_images(paths, desc=f"checking {name} images")
+        if bad:
+            listing = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise DatasetFormatError(
+                f"{len(bad)} of the {len(paths)} images of {name} cannot be read:\n{listing}"
+                f"{more}\n(replace or remove them; verify_images=false skips this check)")
 
     @property
     def eval_data(self) -> ReIDDataset:
@@ -131,6 +152,8 @@ class ReIDDataModule(ReIDDataModuleBase):
         flip_p: train-time horizontal flip probability.
         padding: train-time padding before the random crop.
         erasing_p: train-time random erasing probability.
+        verify_images: decode every image once in ``prepare_data`` and list the bad files
+            (None: for real datasets, not for synthetic ones).
     """
 
     def __init__(
@@ -150,6 +173,7 @@ class ReIDDataModule(ReIDDataModuleBase):
         flip_p: float = 0.5,
         padding: int = 10,
         erasing_p: float = 0.5,
+        verify_images: bool | None = None,
     ) -> None:
         if sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
@@ -171,7 +195,9 @@ class ReIDDataModule(ReIDDataModuleBase):
         return self.data.num_train_pids
 
     def prepare_data(self) -> None:
-        self.data  # noqa: B018  (parses; generates synthetic data once per node)
+        """Parse (generate synthetic data) and check the images, once per node."""
+        hp = self.hparams
+        self.verify(hp.dataset, self.data, hp.verify_images)
 
     def train_dataloader(self) -> DataLoader:
         return self.labelled_train_dataloader(self.data.train)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from reidlab.datasets.base import Record
 
@@ -23,6 +25,25 @@ def read_image(path: str) -> Image.Image:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def _image_problem(path: str) -> str | None:
+    try:
+        with Image.open(path) as img:
+            img.load()  # full decode: truncated files fail here
+        return None
+    except Exception as err:  # noqa: BLE001 - any failure makes the file unusable
+        return f"{type(err).__name__}: {err}"
+
+
+def find_bad_images(paths: Sequence[str], desc: str = "checking images",
+                    progress: bool = True, workers: int = 8) -> list[tuple[str, str]]:
+    """Decode every image once (threads; PIL releases the GIL) and return ``(path,
+    problem)`` for each file that is missing, empty, truncated or not an image."""
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(tqdm(pool.map(_image_problem, paths), total=len(paths), desc=desc,
+                             disable=not progress, leave=False))
+    return [(p, why) for p, why in zip(paths, problems, strict=True) if why is not None]
 
 
 class ReIDImageDataset(Dataset):
