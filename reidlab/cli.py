@@ -26,6 +26,7 @@ import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
 from reidlab.callbacks import FeatureWriter
+from reidlab.errors import InputValueError, ReIDLabError
 
 
 class ReIDLabCLI(LightningCLI):
@@ -206,14 +207,14 @@ def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and EOF errors of a damaged or foreign file
-        raise ValueError(f"{path} is not a readable Lightning checkpoint: "
+        raise InputValueError(f"{path} is not a readable Lightning checkpoint: "
                          f"{type(err).__name__}: {err}") from err
     hparams = dict(ckpt.get("hyper_parameters") or {})
     saved = hparams.get("_class_path")
     if not (saved and configured):
         return hparams
     if saved.rsplit(".", 1)[-1] != configured.rsplit(".", 1)[-1]:  # short or full names
-        raise ValueError(
+        raise InputValueError(
             f"{path} is a checkpoint of {saved}, but the config trains {configured}: "
             "--ckpt_path resumes or evaluates a run of the same method; to start a UDA "
             "method from a source Baseline, pass it as --model.init_args.pretrained")
@@ -235,16 +236,35 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     # Lightning's CLI still calls jsonargparse APIs deprecated upstream; not the user's concern.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    ReIDLabCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=RunConfig,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        ReIDLabCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"reidlab: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def user_error(err: BaseException) -> ReIDLabError | None:
+    """The :class:`~reidlab.errors.ReIDLabError` that ``err`` is or was raised from (the
+    config parser wraps errors of constructors in its own), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ReIDLabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

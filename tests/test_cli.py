@@ -1,6 +1,7 @@
 """The console script on the shipped configs, shrunk to toy size."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,18 +50,24 @@ def test_quickstart_config_fits_and_evaluates(tmp_path, capsys):
     config = (run / "config.yaml").read_text()  # the full config, next to the checkpoints
     assert "RetrievalEvaluation" in config and "max_epochs: 1" in config
     main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(ckpts[0])])
-    # another method's config with this Baseline checkpoint: refused, both classes named
-    with pytest.raises(ValueError, match=r"checkpoint of reidlab\.modules\.Baseline.*ARN"):
+    capsys.readouterr()
+    # another method's config with this Baseline checkpoint: refused, both classes named,
+    # as one message and exit code 2
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ROOT / "examples" / "configs" / "synthetic" / "arn.yaml"),
               "--ckpt_path", str(ckpts[0]), "--trainer.max_epochs", "1"])
+    assert exit_info.value.code == 2
+    assert re.search(r"checkpoint of reidlab\.modules\.Baseline.*ARN", capsys.readouterr().err)
     # test without a checkpoint scores random weights: refused unless asked
     with pytest.raises(SystemExit, match="without --ckpt_path"):
         main(["test", *tiny_args("quickstart.yaml", tmp_path)])
     # a file that is no checkpoint is named
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.ckpt is not a readable Lightning checkpoint"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(garbage)])
+    assert exit_info.value.code == 2
+    assert "garbage.ckpt is not a readable Lightning checkpoint" in capsys.readouterr().err
 
 
 def test_console_script_exit_code(tmp_path):
@@ -73,6 +80,17 @@ def test_console_script_exit_code(tmp_path):
     bad = subprocess.run([str(exe), "fit", "--config", str(tmp_path / "missing.yaml")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
+    # a dataset error: one line naming the folder, exit code 2, no traceback
+    missing = tmp_path / "no_such_market"
+    proc = subprocess.run(
+        [str(exe), "fit", "--config", str(ROOT / "examples" / "configs" / "quickstart.yaml"),
+         "--model.init_args.weights", "null", "--data.init_args.source", "market1501",
+         "--data.init_args.source_root", str(missing), "--trainer.logger", "false"],
+        capture_output=True, text=True, env=dict(os.environ, REIDLAB_CACHE=str(tmp_path)),
+        timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"reidlab: error: dataset root {missing}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("config", sorted(p.relative_to(ROOT / "examples" / "configs").as_posix()

@@ -15,7 +15,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from reidlab.errors import DatasetFormatError
+
 log = logging.getLogger(__name__)
+
+__all__ = ["DatasetFormatError", "Record", "find_dataset_dir"]
 
 
 class Record(NamedTuple):
@@ -26,8 +30,6 @@ class Record(NamedTuple):
     camid: int
 
 
-class DatasetFormatError(ValueError):
-    """A dataset folder or listing does not have the expected layout or content."""
 
 
 def find_dataset_dir(root: str | Path, candidates: Sequence[str], marker: str) -> Path:

@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from reidlab.errors import InputFileError, InputValueError, MissingFileError
+
 # Constructor arguments naming where the initial weights come from. A checkpoint holds the
 # trained weights, so they are cleared in its saved hyperparameters: ``load_from_checkpoint``
 # then neither needs the original files nor downloads ImageNet weights.
@@ -73,20 +75,20 @@ def load_baseline_parts(path: str, parts: dict[str, nn.Module],
         a part does not fit (different backbone, width or number of classes).
     """
     if not Path(path).is_file():
-        raise OSError(f"the pretrained Baseline checkpoint {path} does not exist")
+        raise MissingFileError(f"the pretrained Baseline checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle / zip / EOF errors of a damaged or foreign file
-        raise OSError(f"cannot read the pretrained Baseline checkpoint {path}: "
+        raise InputFileError(f"cannot read the pretrained Baseline checkpoint {path}: "
                       f"{type(err).__name__}: {err}") from err
     state = state.get("state_dict", state)
     if not any(k.startswith("backbone.") for k in state):
-        raise ValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
+        raise InputValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
                          "reidlab Baseline trained on the source")
     for prefix, module in parts.items():
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(part, strict=prefix not in optional)
         except RuntimeError as err:
-            raise ValueError(f"{path}: the '{prefix}*' weights do not fit this model "
+            raise InputValueError(f"{path}: the '{prefix}*' weights do not fit this model "
                              f"(backbone, backbone_width, num_classes?): {err}") from err

