@@ -237,7 +237,7 @@ def main() -> None:
                     res = run_once(row, DIRECTIONS[direction], seed, args.epochs, Path(tmp),
                                    args.ckpt_dir)
                 print(f"{row} {direction} seed {seed}: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in res.items()), flush=True)
+                    f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)), flush=True)
                 if args.no_docs:
                     add_run(results, row, direction, res | {"seed": seed})
                 else:
