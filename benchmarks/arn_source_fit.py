@@ -37,7 +37,8 @@ FIGURE = ROOT / "docs" / "benchmarks" / "arn_source_fit.png"
 SECTION = "## ARN: does the source supervision re-fit E_C?"
 
 
-def run(weight: float, reverse: bool, seed: int, val_every: int, ckpt_dir: Path) -> dict:
+def run(weight: float, reverse: bool, seed: int, val_every: int, ckpt_dir: Path,
+        epochs: int | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.trainer.states import TrainerFn
 
@@ -76,6 +77,8 @@ def run(weight: float, reverse: bool, seed: int, val_every: int, ckpt_dir: Path)
     config["data"]["init_args"]["seed"] = seed
     config["trainer"] |= {"logger": False, "enable_checkpointing": False,
                           "enable_progress_bar": False, "check_val_every_n_epoch": val_every}
+    if epochs is not None:
+        config["trainer"]["max_epochs"] = epochs
     with tempfile.TemporaryDirectory() as tmp:
         config["trainer"]["default_root_dir"] = tmp
         path = Path(tmp) / "arn.yaml"
@@ -136,6 +139,8 @@ def main() -> None:
                         choices=list(DIRECTIONS))
     parser.add_argument("--val-every", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="override max_epochs (smoke)")
+    parser.add_argument("--no-docs", action="store_true", help="print only, write nothing")
     parser.add_argument("--ckpt-dir", type=Path,
                         default=Path.home() / ".cache" / "reidlab" / "benchmarks")
     args = parser.parse_args()
@@ -149,8 +154,10 @@ def main() -> None:
     for direction in args.directions:
         for weight in args.weights:
             result = run(weight, DIRECTIONS[direction], args.seed, args.val_every,
-                         args.ckpt_dir) | {"direction": direction}
+                         args.ckpt_dir, args.epochs) | {"direction": direction}
             print(json.dumps(result), flush=True)
+            if args.no_docs:
+                continue
             runs = [r for r in runs if (r["direction"], r["class_weight"], r["seed"])
                     != (direction, weight, args.seed)] + [result]
             RESULTS.write_text(json.dumps(runs, indent=1))
