@@ -33,6 +33,8 @@ class RetrievalEvaluation(pl.Callback):
         lambda_value: re-ranking weight of the original distance.
         num_figure_queries: queries shown in the ranked-list figure (0: no figure).
         top_k: gallery images shown per query.
+        flip: average every image's features with its horizontal mirror's (the
+            ``flip_test_features`` switch of the module; most re-ID papers report this).
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class RetrievalEvaluation(pl.Callback):
         lambda_value: float = 0.3,
         num_figure_queries: int = 6,
         top_k: int = 10,
+        flip: bool = False,
     ) -> None:
         self.metric_kwargs = dict(metric=metric, normalize_features=normalize_features,
                                   rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value)
@@ -53,6 +56,7 @@ class RetrievalEvaluation(pl.Callback):
             raise ValueError(f"need num_figure_queries >= 0 and top_k >= 1, got "
                              f"{num_figure_queries} and {top_k}")
         self.num_figure_queries = num_figure_queries
+        self.flip = flip
         self.top_k = top_k
         self.metric: ReIDRetrievalMetric | None = None
         self.indices: list[torch.Tensor] = []
@@ -61,6 +65,7 @@ class RetrievalEvaluation(pl.Callback):
 
     # -- accumulation --------------------------------------------------------------------
     def _start(self, pl_module: pl.LightningModule) -> None:
+        pl_module.flip_test_features = self.flip
         self.metric = ReIDRetrievalMetric(**self.metric_kwargs).to(pl_module.device)
         self.indices = []
 

@@ -46,10 +46,16 @@ class ReIDModule(pl.LightningModule):
         finally:
             self.train(was_training)
 
+    #: average each evaluation image's features with its mirror's (set by
+    #: ``RetrievalEvaluation(flip=True)``; not a hyperparameter of the method)
+    flip_test_features: bool = False
+
     def _eval_step(self, batch) -> dict[str, torch.Tensor]:
         images, pids, camids, indices = batch[:4]
-        return {"features": self.extract_features(images), "pids": pids, "camids": camids,
-                "indices": indices}
+        features = self.extract_features(images)
+        if self.flip_test_features:
+            features = (features + self.extract_features(images.flip(-1))) / 2
+        return {"features": features, "pids": pids, "camids": camids, "indices": indices}
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch)
