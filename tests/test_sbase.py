@@ -196,6 +196,9 @@ def test_resume_before_a_reclustering_gives_the_new_classifier_fresh_adam_moment
     labeler = PseudoLabeling(eps=0.9, min_samples=2, k1=6, k2=2)
     probe = _FirstStepAdamState()
     resumed = SBase(num_classes=8, **NET)
-    trainer(tmp_path, [labeler, probe], max_epochs=2).fit(resumed, tiny_dm(), ckpt_path=ckpt)
+    fit = trainer(tmp_path, [labeler, probe], max_epochs=2)
+    fit.fit(resumed, tiny_dm(), ckpt_path=ckpt)
     assert [h["epoch"] for h in labeler.history][-1] == 1.0  # re-clustered for epoch 1
     assert probe.steps == 1  # not the restored count + 1
+    # the loss terms are on the progress bar
+    assert {"train/source", "train/target", "train/memory"} <= set(fit.progress_bar_metrics)

@@ -320,8 +320,9 @@ class ARN(ReIDModule):
             # zero gradients for a frozen E_I that still requires them (DDP needs them all)
             loss = loss + zero_loss(self.backbone)
         size = len(s_pid) + len(t_img)
+        # every loss term on the progress bar: what a user watches on a long step
         self.log_dict({f"train/{k}": v for k, v in losses.items()} | {"train/loss": loss},
-                      prog_bar=False, batch_size=size)
+                      prog_bar=True, batch_size=size)
         if self.classifier is not None:  # how well C_S fits the source (without dropout)
             with torch.no_grad():
                 logits = self.classifier[1](out["shared"][: len(s_pid)])

@@ -432,8 +432,9 @@ class SBase(ReIDModule):
         losses, _ = self.training_losses(batch)
         loss = sum(losses.values())
         size = len(batch["source"][1]) + len(batch["target"][1])
+        # every loss term on the progress bar: what a user watches on a long step
         self.log_dict({f"train/{k}": v for k, v in losses.items()} | {"train/loss": loss},
-                      prog_bar=False, batch_size=size)
+                      prog_bar=True, batch_size=size)
         self.log("train/target_clusters", self.num_target_clusters.float(), batch_size=size)
         return loss
 
