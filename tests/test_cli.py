@@ -167,20 +167,12 @@ def test_ckpt_path_last_resumes_the_run_or_refuses(tmp_path):
 
     with pytest.raises(SystemExit, match="no last.ckpt"):
         main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", "last"])
-    main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
+    # limit_train_batches 1 is one batch (the parser's float 1.0 would be a full epoch)
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.limit_train_batches", "1"])
+    folder = tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 1
     main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.max_epochs", "2",
           "--ckpt_path", "last"])
-    last = torch.load(tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
-                      / "last.ckpt", weights_only=False)
-    # the second fit continued the first: 2 epochs of 2 batches in all, not 2 + 4
-    assert last["epoch"] == 1 and last["global_step"] == 4
-
-
-def test_limit_train_batches_1_means_one_batch(tmp_path):
-    import torch
-
-    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.limit_train_batches", "1",
-          "--trainer.check_val_every_n_epoch", "5"])
-    last = torch.load(tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
-                      / "last.ckpt", weights_only=False)
-    assert last["global_step"] == 1  # not a full epoch (the parser's float 1.0)
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    # the second fit continued the first: epoch 1 of 2 batches after epoch 0 of 1
+    assert last["epoch"] == 1 and last["global_step"] == 3
