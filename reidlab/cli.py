@@ -205,7 +205,8 @@ def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
         ValueError: the file is not a readable checkpoint, or it holds another class.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: only the hyperparameters are read here (Lightning loads it again)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # pickle, zip and EOF errors of a damaged or foreign file
         raise InputValueError(f"{path} is not a readable Lightning checkpoint: "
                          f"{type(err).__name__}: {err}") from err

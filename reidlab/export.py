@@ -70,8 +70,8 @@ def load_module(ckpt: str | Path, method: str | None = None) -> ReIDModule:
     ``reidlab`` command records it), else ``method`` (``baseline``, ``sbase``, ...)."""
     from reidlab.modules import METHODS
 
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters",
-                                                                           {})
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False,  # only hparams read
+                         mmap=True).get("hyper_parameters", {})
     name = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
     classes = {cls.__name__: cls for cls in METHODS.values()}
     if method is not None:
