@@ -25,7 +25,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
-from reidlab.callbacks import FeatureWriter
+from reidlab.callbacks import FeatureWriter, InterruptCheckpoint
 from reidlab.errors import InputValueError, ReIDLabError
 
 
@@ -46,7 +46,9 @@ class ReIDLabCLI(LightningCLI):
     written every epoch and ``<dir>/<name>/config.yaml``, the full config (trainer and
     callbacks included; also logged to the run's loggers). ``--ckpt_path last`` resumes
     from that ``last.ckpt`` and refuses when there is none. ModelCheckpoints configured
-    with their own ``dirpath`` are left as they are.
+    with their own ``dirpath`` are left as they are. Ctrl-C and SIGTERM end a fit after
+    the current batch with ``last.ckpt`` saved (:class:`~reidlab.callbacks.InterruptCheckpoint`),
+    so ``--ckpt_path last`` continues inside the interrupted epoch.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -108,6 +110,9 @@ class ReIDLabCLI(LightningCLI):
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor)
                                        for c in trainer.callbacks):
             trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer.checkpoint_callbacks and not any(isinstance(c, InterruptCheckpoint)
+                                                    for c in trainer.callbacks):
+            trainer.callbacks.append(InterruptCheckpoint())
         return trainer
 
     def summary(self) -> str:

@@ -1,10 +1,12 @@
 """Helpers shared by test files: subprocess scripts (DDP runs) and tiny synthetic CLI runs."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +16,8 @@ TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width:
 
 def run_script(name: str, *args: str, tmp_path: Path) -> None:
     """Run ``tests/scripts/<name>`` in a subprocess (Lightning's DDP re-executes scripts)."""
-    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore",
+               PYTHONPATH=str(ROOT))  # scripts import tests.helpers
     proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,3 +49,22 @@ def assert_same_weights(value: torch.Tensor, ref: torch.Tensor) -> None:
     if value.shape != ref.shape and value.shape[1:] == ref.shape:
         ref = ref.expand_as(value)
     torch.testing.assert_close(value, ref)
+
+
+
+class SendSignal(pl.Callback):
+    """Send ``signal`` at the start of the training batch after ``step`` optimizer steps,
+    on rank ``rank`` only: to this process, or to its whole process group (``group``: what
+    a terminal's Ctrl-C or a cluster scheduler does, DataLoader workers included)."""
+
+    def __init__(self, signal: str = "SIGINT", step: int = 1, rank: int = 0,
+                 group: bool = False) -> None:
+        self.signal, self.step, self.rank, self.group = signal, step, rank, group
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            number = getattr(signal, self.signal)
+            if self.group:
+                os.killpg(os.getpgid(0), number)
+            else:
+                os.kill(os.getpid(), number)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
+from reidlab.datamodules.loader import data_loader
 from reidlab.datamodules.transforms import build_transforms
 from reidlab.datasets import Record, ReIDImageDataset
 from reidlab.datasets.base import DatasetFormatError
@@ -53,6 +53,5 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(ReIDImageDataset(self.records, self.transform),
-                          batch_size=hp.eval_batch_size, num_workers=hp.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        return data_loader(ReIDImageDataset(self.records, self.transform),
+                           batch_size=hp.eval_batch_size, num_workers=hp.num_workers)

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
+from reidlab.datamodules.loader import TrainDataLoader, data_loader
 from reidlab.datamodules.samplers import (
     CameraAwarePKBatchSampler,
     PKBatchSampler,
@@ -83,9 +83,10 @@ class ReIDDataModuleBase(pl.LightningDataModule):
         return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=batch_sampler,
-                          num_workers=self.hparams.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        """A training loader (``batch_sampler`` is one of the rank-aware samplers)."""
+        self._continue_interrupted_epoch(batch_sampler)
+        return data_loader(dataset, batch_sampler=batch_sampler, loader=TrainDataLoader,
+                           num_workers=self.hparams.num_workers, rank=self._world()[1])
 
     def _train_sampler(self, records: Sequence[Record], pids: Sequence[int], kind: str,
                        num_ids: int, num_instances: int, seed: int):
@@ -100,6 +101,23 @@ class ReIDDataModuleBase(pl.LightningDataModule):
             return CameraAwarePKBatchSampler(pids, [r.camid for r in records], num_ids=num_ids,
                                              num_instances=num_instances, **common)
         return PKBatchSampler(pids, num_ids=num_ids, num_instances=num_instances, **common)
+
+    def _continue_interrupted_epoch(self, sampler) -> None:
+        """Start ``sampler`` at the fit's current epoch and, when the fit resumes from a
+        checkpoint saved inside an epoch (:class:`~reidlab.callbacks.InterruptCheckpoint`),
+        after the batches of that epoch already trained, so the resumed run sees the
+        batches the uninterrupted one would.
+
+        Lightning creates the loader's iterator (and fetches its first batch) before it
+        calls ``set_epoch``, hence the epoch is set here too."""
+        trainer = self.trainer
+        if trainer is None or getattr(trainer, "fit_loop", None) is None:
+            return
+        loop = trainer.fit_loop
+        epochs = loop.epoch_progress.total
+        inside_an_epoch = loop.restarting and epochs.started == epochs.processed + 1
+        done = loop.epoch_loop.batch_progress.current.processed if inside_an_epoch else 0
+        sampler.resume(trainer.current_epoch, done)
 
     def labelled_train_dataloader(self, records: Sequence[Record]) -> DataLoader:
         """Training loader over labelled ``records`` with the configured sampler."""
@@ -116,9 +134,8 @@ class ReIDDataModuleBase(pl.LightningDataModule):
         dataset = ReIDImageDataset(records, self.test_transform)
         world, rank = self._world()
         sampler = ShardSampler(len(dataset), world, rank) if world > 1 else None
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
-                          num_workers=self.hparams.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        return data_loader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                           num_workers=self.hparams.num_workers, rank=rank)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.eval_records)

@@ -49,10 +49,18 @@ class _RankAwareBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.epoch = 0
         self._num_batches = num_batches
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``."""
         self.epoch = int(epoch)
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Continue an interrupted epoch: the next pass is ``epoch``'s batches after the
+        first ``batches_done`` of them (counted in cycles of ``len(self)``, as a shorter
+        loader cycles in a ``max_size_cycle`` CombinedLoader); later passes are whole."""
+        self.set_epoch(epoch)
+        self._skip = int(batches_done) % len(self)
 
     @property
     def sampler(self) -> _RankAwareBatchSampler:
@@ -77,7 +85,8 @@ class _RankAwareBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         per_rank = len(self)
         batches = self._global_batches(rng, per_rank * self.num_replicas)
-        yield from batches[self.rank :: self.num_replicas]
+        skip, self._skip = self._skip, 0
+        yield from batches[self.rank :: self.num_replicas][skip:]
 
 
 class PKBatchSampler(_RankAwareBatchSampler):

@@ -38,13 +38,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.mean_teacher import MeanTeacher
 from reidlab.callbacks.pseudo_labeling import PseudoLabeling
 from reidlab.clustering import cluster_centers
+from reidlab.datamodules.loader import data_loader
 from reidlab.datasets import ReIDImageDataset
 from reidlab.losses import batch_hard_triplet_loss, memory_contrastive_loss, zero_loss
 from reidlab.modules.base import ReIDModule, load_baseline_parts
@@ -299,9 +299,9 @@ class SBase(ReIDModule):
             return
         dm = trainer.datamodule
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        loader = DataLoader(ReIDImageDataset(dm.target_data.train, dm.test_transform),
-                            batch_size=dm.hparams.eval_batch_size,
-                            num_workers=dm.hparams.num_workers)
+        loader = data_loader(ReIDImageDataset(dm.target_data.train, dm.test_transform),
+                             batch_size=dm.hparams.eval_batch_size,
+                             num_workers=dm.hparams.num_workers, rank=trainer.global_rank)
         batches = (b[0].to(self.device) for b in tqdm(loader, desc="target BN statistics",
                                                         disable=not show, leave=False))
         reestimate_bn_statistics(nn.ModuleList([self.student, self.neck]), batches,
