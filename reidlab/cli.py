@@ -21,6 +21,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
@@ -65,13 +66,17 @@ class ReIDLabCLI(LightningCLI):
         config = self.config[subcommand]
         self._integer_limits = self.integer_limits(config, args)
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and Path(ckpt_path).is_file():
-            hparams = check_checkpoint_class(ckpt_path,
-                                             (config.get("model") or {}).get("class_path"))
+        path = (self.configured_run_dir(config) / "checkpoints" / "last.ckpt"
+                if ckpt_path == "last" else ckpt_path)
+        if path and Path(path).is_file():
+            ckpt = check_checkpoint_class(path, (config.get("model") or {}).get("class_path"))
             data = config.get("data") or {}
             if str(data.get("class_path", "")).endswith("ImageFolderDataModule"):
                 # a folder has no classes: the model keeps the checkpoint's
-                data["init_args"]["num_classes"] = int(hparams.get("num_classes") or 0)
+                num_classes = (ckpt.get("hyper_parameters") or {}).get("num_classes")
+                data["init_args"]["num_classes"] = int(num_classes or 0)
+            if subcommand == "fit":
+                continue_wandb_run(config, ckpt.get(WANDB_RUN_ID))
         if subcommand in ("test", "validate", "predict") and not ckpt_path and not config.get(
                 "allow_untrained"):
             message = (f"reidlab {subcommand} without --ckpt_path scores the model's initial "
@@ -82,9 +87,10 @@ class ReIDLabCLI(LightningCLI):
             warnings.warn(message, stacklevel=2)
 
 
-    def run_name(self) -> str:
+    def run_name(self, config=None) -> str:
         """The logger's ``name`` when the config gives one, else the config file's stem."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config is None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
         logger = (config.get("trainer") or {}).get("logger")
         name = None
         if isinstance(logger, dict) or hasattr(logger, "get"):
@@ -92,6 +98,15 @@ class ReIDLabCLI(LightningCLI):
         if not name and config.get("config"):
             name = Path(str(config["config"][-1])).stem
         return str(name or "reidlab")
+
+    def configured_run_dir(self, config) -> Path:
+        """:meth:`run_dir` from the parsed config, before the trainer exists."""
+        trainer = config.get("trainer") or {}
+        logger = trainer.get("logger")
+        save_dir = (logger.get("init_args") or {}).get("save_dir") if hasattr(
+            logger, "get") else None
+        return Path(save_dir or trainer.get("default_root_dir") or os.getcwd()) / self.run_name(
+            config)
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
         """``<logger save_dir or default_root_dir>/<run name>``."""
@@ -184,7 +199,9 @@ class ReIDLabCLI(LightningCLI):
 
 class RunConfig(SaveConfigCallback):
     """The full config of a run, next to its checkpoints (``<run dir>/config.yaml``,
-    see :class:`ReIDLabCLI`), and in the hyperparameters of its loggers (W&B run config)."""
+    see :class:`ReIDLabCLI`), and in the hyperparameters of its loggers (W&B run config).
+    Checkpoints also record the W&B run's id, so a fit resumed from them continues that
+    W&B run (:func:`continue_wandb_run`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **(kwargs | {"save_to_log_dir": False}))
@@ -201,10 +218,32 @@ class RunConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": dump})
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint[WANDB_RUN_ID] = logger.version
+
+
+WANDB_RUN_ID = "wandb_run_id"  # the checkpoint key RunConfig writes
+
+
+def continue_wandb_run(config, run_id: str | None) -> None:
+    """Make a configured ``WandbLogger`` continue the W&B run ``run_id`` (a resumed fit; the
+    logger resumes with ``resume="allow"``) unless the config names a run itself."""
+    logger = (config.get("trainer") or {}).get("logger")
+    if not (run_id and hasattr(logger, "get")):
+        return
+    if not str(logger.get("class_path", "")).endswith("WandbLogger"):
+        return
+    init_args = logger.get("init_args")
+    if init_args is not None and not (init_args.get("id") or init_args.get("version")):
+        init_args["id"] = run_id
+
 
 def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
     """Refuse a Lightning checkpoint of another module class than ``configured``; returns
-    its hyperparameters.
+    the checkpoint (memory-mapped: tensors are read only when used).
 
     Raises:
         ValueError: the file is not a readable checkpoint, or it holds another class.
@@ -215,16 +254,15 @@ def check_checkpoint_class(path: str | Path, configured: str | None) -> dict:
     except Exception as err:  # pickle, zip and EOF errors of a damaged or foreign file
         raise InputValueError(f"{path} is not a readable Lightning checkpoint: "
                          f"{type(err).__name__}: {err}") from err
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    saved = hparams.get("_class_path")
+    saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
     if not (saved and configured):
-        return hparams
+        return ckpt
     if saved.rsplit(".", 1)[-1] != configured.rsplit(".", 1)[-1]:  # short or full names
         raise InputValueError(
             f"{path} is a checkpoint of {saved}, but the config trains {configured}: "
             "--ckpt_path resumes or evaluates a run of the same method; to start a UDA "
             "method from a source Baseline, pass it as --model.init_args.pretrained")
-    return hparams
+    return ckpt
 
 
 # Trainer arguments where an int counts batches and a float is a fraction

@@ -162,17 +162,27 @@ def test_predict_writes_features_of_query_gallery_and_of_a_plain_folder(tmp_path
                                atol=1e-5)
 
 
-def test_ckpt_path_last_resumes_the_run_or_refuses(tmp_path):
+def test_ckpt_path_last_resumes_the_run_and_its_wandb_run_or_refuses(tmp_path, monkeypatch):
     import torch
+    import wandb
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # the config's W&B logger (offline), in tmp_path
+    args = [a.replace("CSVLogger", "WandbLogger") for a in tiny_args("quickstart.yaml", tmp_path)]
     with pytest.raises(SystemExit, match="no last.ckpt"):
-        main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", "last"])
+        main(["fit", *args, "--ckpt_path", "last"])
     # limit_train_batches 1 is one batch (the parser's float 1.0 would be a full epoch)
-    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.limit_train_batches", "1"])
+    main(["fit", *args, "--trainer.limit_train_batches", "1"])
     folder = tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints"
-    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 1
-    main(["fit", *tiny_args("quickstart.yaml", tmp_path), "--trainer.max_epochs", "2",
-          "--ckpt_path", "last"])
+    first = torch.load(folder / "last.ckpt", weights_only=False)
+    assert first["global_step"] == 1 and first["wandb_run_id"]
+    wandb.finish()  # as the end of the process would: the next fit is a new W&B session
+    main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    wandb.finish()
     last = torch.load(folder / "last.ckpt", weights_only=False)
     # the second fit continued the first: epoch 1 of 2 batches after epoch 0 of 1
     assert last["epoch"] == 1 and last["global_step"] == 3
+    # ... and its W&B run (offline: a second folder of the same run id)
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.rsplit("-", 1)[1] for r in runs} == {first["wandb_run_id"]}
+    assert last["wandb_run_id"] == first["wandb_run_id"]
