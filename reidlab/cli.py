@@ -11,16 +11,21 @@ imported here. The DataModule's ``num_classes`` is linked to the model's.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class names)
@@ -28,6 +33,73 @@ import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
 from reidlab.callbacks import FeatureWriter, InterruptCheckpoint
 from reidlab.errors import InputValueError, ReIDLabError
+
+
+class ReIDLabArgumentParser(LightningArgumentParser):
+    """The CLI's parser: a config error is one message, with the closest valid names for a
+    misspelt option, instead of the usage text and the parser's nested report."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        keys = [a.dest for a in parser._actions if a.dest and a.dest != "help"]
+        print(f"reidlab: error: {explain_config_error(message, keys)}", file=sys.stderr)
+        prog = parser.prog.replace(" [options]", "")
+        print(f"  ({prog} --help lists every option)", file=sys.stderr)
+        self.exit(2)
+
+
+def explain_config_error(message: str, keys: list[str] = ()) -> str:
+    """The gist of a jsonargparse error ``message``: for an option a class does not accept,
+    which class, and the accepted names closest to it; for an unknown top-level key, the
+    closest of ``keys`` (the parser's); for a bad value, the class, argument and reason;
+    else the message itself."""
+    top_level = re.search(r"does not accept option '([\w.]+)'", message)
+    if top_level:
+        option = top_level.group(1)
+        close = difflib.get_close_matches(option, keys, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown option {option!r}{hint}"
+    bad_values = re.findall(r"class_path '([\w.]+)':\s*Parser key \"(\w+)\":\s*([^\n]+)",
+                            message)
+    if bad_values:
+        return "\n  ".join(f"{c}: {key}: {why.strip()}" for c, key, why in bad_values)
+    unknown = re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)' is not accepted", message,
+                         flags=re.S)
+    if unknown:
+        lines = []
+        for class_path, option in unknown:
+            accepted = sorted(accepted_arguments(class_path))
+            if not accepted and len(unknown) > 1:  # a base class among the alternatives
+                continue
+            close = difflib.get_close_matches(option, accepted, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+                    else f"it accepts: {', '.join(accepted)}")
+            lines.append(f"{class_path} has no argument {option!r}; {hint}")
+        return "\n  ".join(lines)
+    return message.strip()
+
+
+def accepted_arguments(class_path: str) -> list[str]:
+    """The constructor arguments of ``class_path`` (a dotted name), those of its bases
+    passed through ``**kwargs`` included."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names = set()
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind in (
+            p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(names)
 
 
 class ReIDLabCLI(LightningCLI):
@@ -289,6 +361,7 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
+            parser_class=ReIDLabArgumentParser,
             args=args,
         )
     except Exception as err:

@@ -93,6 +93,34 @@ def test_console_script_exit_code(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--model.init_args.warmup_epoch", "2"],
+     "reidlab.modules.Baseline has no argument 'warmup_epoch'; did you mean 'warmup_epochs'"),
+    (["--data.init_args.num_idss", "3"], "CrossDomainDataModule has no argument 'num_idss'; "
+                                         "did you mean 'num_ids'"),
+    (["--trainer.callbacks+=RetrievalEvaluation", "--trainer.callbacks.metrik", "cosine"],
+     "RetrievalEvaluation has no argument 'metrik'; did you mean 'metric'?\n"),
+    (["--model.init_args.lr", "abc"], "reidlab.modules.Baseline: lr: Expected a <class 'float'>"),
+], ids=["model", "data", "callback", "value"])
+def test_a_config_error_is_one_message_with_the_closest_names(args, expected, capsys):
+    config = str(ROOT / "examples" / "configs" / "quickstart.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("reidlab: error: ")
+    assert expected in err and "usage:" not in err and len(err.splitlines()) <= 3, err
+
+
+def test_a_misspelt_config_file_key_gets_the_closest_option(tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainr:\n  max_epochs: 2\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "examples" / "configs" / "quickstart.yaml"),
+              "--config", str(typo)])
+    assert "unknown option 'trainr.max_epochs'; did you mean 'trainer.max_epochs'" in (
+        capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("config", sorted(p.relative_to(ROOT / "examples" / "configs").as_posix()
                                           for p in (ROOT / "examples" / "configs").rglob("*.yaml")))
 def test_every_shipped_config_parses(config, capsys):
