@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+# The backend is left to matplotlib (headless Agg without a display, inline in notebooks):
+# figures are rendered to arrays and files, and closed once logged.
+import matplotlib.pyplot as plt
+import numpy as np
+import pytorch_lightning as pl
+from PIL import Image
 
-matplotlib.use("Agg")  # headless: figures are rendered to arrays and files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from reidlab.datasets.image_dataset import read_image  # noqa: E402
+from reidlab.datasets.image_dataset import read_image
 
 THUMB = (64, 128)  # width, height of thumbnails
 
