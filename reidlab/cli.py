@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
 from reidlab.callbacks import FeatureWriter, InterruptCheckpoint
+from reidlab.compare import METRICS_FILE
 from reidlab.errors import InputValueError, ReIDLabError
 
 
@@ -202,15 +204,20 @@ class ReIDLabCLI(LightningCLI):
             trainer.callbacks.append(InterruptCheckpoint())
         return trainer
 
+    def final_metrics(self) -> dict[str, float]:
+        """The run's last ``val/`` and ``test/`` metrics."""
+        return {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                if k.startswith(("val/", "test/")) and v.numel() == 1}
+
     def summary(self) -> str:
         """The end of a run in a few lines: final metrics in %, where things are."""
         trainer = self.trainer
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("val/", "test/")) and v.numel() == 1}
+        metrics = self.final_metrics()
         lines = [f"reidlab {self.subcommand}: done"]
         if metrics:
             width = max(map(len, metrics))
             lines += [f"  {k:<{width}}  {100 * v:6.2f} %" for k, v in sorted(metrics.items())]
+            lines.append(f"  metrics:    {self.run_dir(trainer) / METRICS_FILE}")
         for c in trainer.checkpoint_callbacks:
             if isinstance(c, ModelCheckpoint) and (c.last_model_path or c.best_model_path):
                 lines.append(f"  checkpoint: {c.last_model_path or c.best_model_path}")
@@ -221,13 +228,25 @@ class ReIDLabCLI(LightningCLI):
         if figures.is_dir():
             lines.append(f"  figures:    {figures}")
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                lines.append(f"  W&B run:    {logger.experiment.dir} (figures and metrics)")
+            if isinstance(logger, WandbLogger):
+                files = Path(logger.experiment.dir)
+                images = files / "media" / "images"
+                lines.append(f"  W&B run:    {files.parent} (wandb sync uploads it)")
+                if images.is_dir():
+                    lines.append(f"  figures:    {images}")
         return "\n".join(lines)
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero:
-            print(self.summary())
+        """Write ``<run dir>/metrics.json`` (the final metrics, as fractions) and print
+        :meth:`summary`."""
+        if not self.trainer.is_global_zero:
+            return
+        metrics = self.final_metrics()
+        if metrics:
+            path = self.run_dir(self.trainer) / METRICS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"subcommand": self.subcommand} | metrics, indent=1))
+        print(self.summary())
 
     after_validate = after_test = after_fit
 

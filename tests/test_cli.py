@@ -1,5 +1,6 @@
 """The console script on the shipped configs, shrunk to toy size."""
 
+import json
 import os
 import re
 import subprocess
@@ -68,6 +69,29 @@ def test_quickstart_config_fits_and_evaluates(tmp_path, capsys):
         main(["test", *tiny_args("quickstart.yaml", tmp_path), "--ckpt_path", str(garbage)])
     assert exit_info.value.code == 2
     assert "garbage.ckpt is not a readable Lightning checkpoint" in capsys.readouterr().err
+
+
+def test_main_job_adapts_the_baseline_and_compares_the_two_runs(tmp_path, capsys):
+    # scripts/quickstart.sh at toy size: direct transfer, SBase from its last.ckpt, compare
+    from reidlab.compare import main as compare
+
+    main(["fit", *tiny_args("quickstart.yaml", tmp_path)])
+    baseline = tmp_path / "quickstart-baseline-mall-to-street"
+    main(["fit", *tiny_args("quickstart_adapt.yaml", tmp_path), "--model.init_args.pretrained",
+          str(baseline / "checkpoints" / "last.ckpt")])
+    adapted = tmp_path / "quickstart-sbase-mall-to-street"
+    assert "reidlab fit: done" in capsys.readouterr().out
+    written = json.loads((adapted / "metrics.json").read_text())
+    assert written["subcommand"] == "fit" and 0 <= written["val/mAP"] <= 1
+    compare([str(baseline), str(adapted), "--names", "direct transfer", "SBase"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["direct", "transfer", "SBase"]
+    row = next(line for line in table if line.startswith("val/mAP"))
+    base_map = json.loads((baseline / "metrics.json").read_text())["val/mAP"]
+    assert row.split() == ["val/mAP", f"{100 * base_map:.1f}", "%",
+                           f"{100 * written['val/mAP']:.1f}", "%"]
+    with pytest.raises(SystemExit, match="no metrics of a finished run"):
+        compare([str(tmp_path / "nothing")])
 
 
 def test_console_script_exit_code(tmp_path):
