@@ -39,7 +39,8 @@ class FeatureExtractor(nn.Module):
 def export_feature_extractor(module: ReIDModule, output: str | Path, height: int,
                              width: int) -> Path:
     """Write ``module``'s test-time feature extractor to ``output``: ``.onnx`` for ONNX (needs
-    the ``onnx`` package; dynamic batch size), any other suffix for TorchScript (traced).
+    the ``onnx`` and ``onnxscript`` packages; dynamic batch size), any other suffix for
+    TorchScript (traced).
 
     Returns:
         The path written.
@@ -54,12 +55,14 @@ def export_feature_extractor(module: ReIDModule, output: str | Path, height: int
     with torch.no_grad(), contextlib.ExitStack() as stack:
         stack.callback(setattr, module, "_jit_is_scripting", False)
         if output.suffix == ".onnx":
-            if importlib.util.find_spec("onnx") is None:
-                raise InputValueError("ONNX export needs the onnx package (pip install onnx); "
-                                      "a .ts / .pt output gives TorchScript without it")
+            missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise InputValueError(f"ONNX export needs {' and '.join(missing)} (pip install "
+                                      f"{' '.join(missing)}); a .ts / .pt output gives "
+                                      "TorchScript without it")
             torch.onnx.export(extractor, (example,), str(output), input_names=["images"],
-                              output_names=["features"], dynamic_axes={
-                                  "images": {0: "batch"}, "features": {0: "batch"}})
+                              output_names=["features"], verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         else:
             torch.jit.trace(extractor, example, check_trace=False).save(str(output))
     return output

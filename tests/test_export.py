@@ -45,6 +45,18 @@ def test_export_from_a_checkpoint_and_clear_errors(tmp_path):
             export_feature_extractor(model, tmp_path / "model.onnx", 32, 16)
 
 
+def test_onnx_export_matches_extract_features(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = Baseline(num_classes=5, **NET)
+    path = export_feature_extractor(model, tmp_path / "model.onnx", 32, 16)
+    images = torch.randn(3, 3, 32, 16)  # another batch size than the export's
+    features = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(features), model.extract_features(images),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_flip_averaged_evaluation_features():
     model = Baseline(num_classes=5, **NET)
     images = torch.randn(4, 3, 32, 16)
