@@ -111,3 +111,35 @@ def test_the_cli_stops_cleanly_when_the_whole_process_group_gets_sigterm(tmp_pat
     ckpt = tmp_path / "quickstart-baseline-mall-to-street" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert (saved["epoch"], saved["global_step"]) == (1, 6)  # inside epoch 1, after batch 2
+
+
+def _fit_iics(tmp_path, step=None, ckpt_path=None):
+    from reidlab.callbacks import IICSStages
+    from reidlab.modules import IICS
+    from tests import test_iics
+
+    pl.seed_everything(0)
+    model = IICS(**test_iics.NET, intra_epochs=2, inter_epochs=1, rounds=2, intra_clusters=4,
+                 inter_clusters=8)
+    stages = IICSStages(flip=True)
+    callbacks = [stages, InterruptCheckpoint(tmp_path / "ckpt")]
+    if step is not None:
+        callbacks.append(SendSignal("SIGINT", step=step))
+    fit = trainer(tmp_path, callbacks, max_epochs=6, enable_checkpointing=True)
+    try:
+        fit.fit(model, test_iics._dm(), ckpt_path=ckpt_path)
+    except TrainingInterrupted:
+        pass
+    return model, stages
+
+
+def test_iics_interrupted_inside_its_inter_stage_resumes_as_if_never_stopped(tmp_path):
+    full, full_stages = _fit_iics(tmp_path / "full")
+    _fit_iics(tmp_path / "cut", step=4)  # epoch 2 (round 1's inter stage), after batch 1
+    resumed, resumed_stages = _fit_iics(tmp_path / "resumed",
+                                        ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt")
+    assert [h["epoch"] for h in resumed_stages.history] == [0, 2, 3, 5]  # none redone
+    np.testing.assert_array_equal(full_stages.labels, resumed_stages.labels)
+    a, b = full.state_dict(), resumed.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
