@@ -68,3 +68,12 @@ class SendSignal(pl.Callback):
                 os.killpg(os.getpgid(0), number)
             else:
                 os.kill(os.getpid(), number)
+
+
+def assert_same_state(module: torch.nn.Module, ref: torch.nn.Module) -> None:
+    """Every parameter and buffer of ``module`` equals ``ref``'s (a resumed run against the
+    uninterrupted one)."""
+    a, b = module.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

@@ -15,7 +15,7 @@ from reidlab.cli import main
 from reidlab.clustering import agglomerative, score_jaccard
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.modules import IICS, Baseline
-from tests.helpers import synthetic_cli_args
+from tests.helpers import assert_same_state, synthetic_cli_args
 
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 6, "height": 64, "width": 32}
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None}
@@ -217,10 +217,7 @@ def test_resume_inside_a_round_matches_the_uninterrupted_run(tmp_path, epoch, va
     # the same clusterings, none twice
     assert ([h["epoch"] for h in resumed_stages.history]
             == [h["epoch"] for h in full_stages.history] == [0, 2, 3, 5])
-    a, b = full.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_state(resumed, full)
     loaded = IICS.load_from_checkpoint(ckpt, map_location="cpu")
     assert loaded.inter_classifier.out_features == 8
     assert loaded.extract_features(torch.randn(2, 3, 32, 16)).shape == (2, loaded.feature_dim)

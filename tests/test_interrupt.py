@@ -18,7 +18,7 @@ from reidlab.callbacks import (
 )
 from reidlab.datamodules import PKBatchSampler
 from reidlab.modules import DCDFA
-from tests.helpers import ROOT, TINY, SendSignal, run_script
+from tests.helpers import ROOT, TINY, SendSignal, assert_same_state, run_script
 from tests.test_sbase import NET, tiny_dm, trainer
 
 
@@ -72,10 +72,7 @@ def test_an_interrupted_fit_saves_and_resumes_as_if_never_stopped(tmp_path, sign
     assert code is None
     np.testing.assert_array_equal(full_labeler.labels, resumed_labeler.labels)
     np.testing.assert_array_equal(full_dm.pseudo_labels, resumed_dm.pseudo_labels)
-    a, b = full.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_state(resumed, full)
 
 
 def test_a_sigterm_to_one_ddp_rank_stops_both_after_the_same_batch(tmp_path):
@@ -140,6 +137,4 @@ def test_iics_interrupted_inside_its_inter_stage_resumes_as_if_never_stopped(tmp
                                         ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt")
     assert [h["epoch"] for h in resumed_stages.history] == [0, 2, 3, 5]  # none redone
     np.testing.assert_array_equal(full_stages.labels, resumed_stages.labels)
-    a, b = full.state_dict(), resumed.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_state(resumed, full)

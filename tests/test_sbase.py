@@ -12,7 +12,7 @@ from reidlab.callbacks import MeanTeacher, PseudoLabeling
 from reidlab.cli import main
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.modules import DCDFA, Baseline, SBase
-from tests.helpers import assert_same_weights, synthetic_cli_args
+from tests.helpers import assert_same_state, assert_same_weights, synthetic_cli_args
 
 TINY = {"num_train_ids": 8, "num_test_ids": 6, "images_per_id": 6, "height": 64, "width": 32}
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None}
@@ -164,10 +164,7 @@ def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(tmp_path
     resumed, resumed_dm, resumed_labeler = _run(tmp_path / "resumed", 3, str(ckpt), val=val)
     np.testing.assert_array_equal(full_labeler.labels, resumed_labeler.labels)
     np.testing.assert_array_equal(full_dm.pseudo_labels, resumed_dm.pseudo_labels)
-    a, b = full.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert_same_state(resumed, full)
 
 
 class _FirstStepAdamState(pl.Callback):
