@@ -37,11 +37,13 @@ class ReIDDataModuleBase(pl.LightningDataModule):
     """
 
     def __init__(self, height: int, width: int, flip_p: float, padding: int,
-                 erasing_p: float) -> None:
+                 erasing_p: float, interpolation: str = "bilinear") -> None:
         super().__init__()
         self.train_transform = build_transforms(height, width, train=True, flip_p=flip_p,
-                                                padding=padding, erasing_p=erasing_p)
-        self.test_transform = build_transforms(height, width, train=False)
+                                                padding=padding, erasing_p=erasing_p,
+                                                interpolation=interpolation)
+        self.test_transform = build_transforms(height, width, train=False,
+                                               interpolation=interpolation)
 
     @staticmethod
     def build(name: str, root: str | None, kwargs: dict[str, Any] | None) -> ReIDDataset:
@@ -169,6 +171,7 @@ class ReIDDataModule(ReIDDataModuleBase):
         flip_p: train-time horizontal flip probability.
         padding: train-time padding before the random crop.
         erasing_p: train-time random erasing probability.
+        interpolation: resize filter, ``bilinear`` or ``bicubic`` (IS-GAN's recipe).
         verify_images: decode every image once in ``prepare_data`` and list the bad files
             (None: for real datasets, not for synthetic ones).
     """
@@ -190,11 +193,12 @@ class ReIDDataModule(ReIDDataModuleBase):
         flip_p: float = 0.5,
         padding: int = 10,
         erasing_p: float = 0.5,
+        interpolation: str = "bilinear",
         verify_images: bool | None = None,
     ) -> None:
         if sampler not in TRAIN_SAMPLERS:
             raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
-        super().__init__(height, width, flip_p, padding, erasing_p)
+        super().__init__(height, width, flip_p, padding, erasing_p, interpolation)
         self.save_hyperparameters()
 
     @cached_property

@@ -13,6 +13,8 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
+                  "bicubic": v2.InterpolationMode.BICUBIC}
 
 
 def build_transforms(
@@ -24,6 +26,7 @@ def build_transforms(
     erasing_p: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """The train or test pipeline for ``height`` x ``width`` images.
 
@@ -36,9 +39,14 @@ def build_transforms(
         erasing_p: random erasing probability (train; 0 disables).
         mean: normalisation mean.
         std: normalisation std.
+        interpolation: resize filter, ``bilinear`` or ``bicubic`` (IS-GAN's).
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got "
+                         f"{interpolation!r}")
     size = (height, width)
-    steps: list = [v2.ToImage(), v2.Resize(size, antialias=True)]
+    steps: list = [v2.ToImage(),
+                   v2.Resize(size, interpolation=INTERPOLATIONS[interpolation], antialias=True)]
     if train:
         if flip_p > 0:
             steps.append(v2.RandomHorizontalFlip(flip_p))

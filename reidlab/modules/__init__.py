@@ -5,8 +5,10 @@ from reidlab.modules.base import ReIDModule
 from reidlab.modules.baseline import Baseline
 from reidlab.modules.dcdfa import DCDFA
 from reidlab.modules.iics import IICS
+from reidlab.modules.isgan import ISGAN
 from reidlab.modules.sbase import SBase
 
-METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA, "iics": IICS, "arn": ARN}
+METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA, "iics": IICS, "arn": ARN,
+           "isgan": ISGAN}
 
-__all__ = ["ARN", "DCDFA", "IICS", "METHODS", "Baseline", "ReIDModule", "SBase"]
+__all__ = ["ARN", "DCDFA", "IICS", "ISGAN", "METHODS", "Baseline", "ReIDModule", "SBase"]

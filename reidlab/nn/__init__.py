@@ -1,4 +1,4 @@
-"""Network building blocks: backbones, AIBN, pooling, heads, attention, memory."""
+"""Network building blocks: backbones, AIBN, pooling, heads, part branches, attention, memory, GAN blocks."""
 
 from reidlab.nn.aibn import AIBN, aibn_alphas, convert_to_aibn
 from reidlab.nn.arn import ConvLatentEncoder, LatentDecoder, StageLatentEncoder
@@ -18,7 +18,9 @@ from reidlab.nn.batchnorm import (
     reestimate_bn_statistics,
 )
 from reidlab.nn.heads import BNNeck, GeneralizedMeanPooling, build_pooling
+from reidlab.nn.isgan import Discriminator, Generator, IdentityEncoder, UnrelatedEncoder
 from reidlab.nn.memory import MemoryBank
+from reidlab.nn.parts import PartBranches, split_backbone
 from reidlab.nn.weights import LOCAL_WEIGHTS, load_weights
 
 __all__ = [
@@ -31,12 +33,17 @@ __all__ = [
     "ChannelAttention",
     "ConvLatentEncoder",
     "DomainBatchNorm",
+    "Discriminator",
     "DomainClassifier",
     "GeneralizedMeanPooling",
+    "Generator",
+    "IdentityEncoder",
     "LatentDecoder",
     "MemoryBank",
+    "PartBranches",
     "ResNetBackbone",
     "StageLatentEncoder",
+    "UnrelatedEncoder",
     "aibn_alphas",
     "bn_domain",
     "build_backbone",
@@ -45,5 +52,6 @@ __all__ = [
     "convert_to_domain_bn",
     "load_weights",
     "reestimate_bn_statistics",
+    "split_backbone",
     "stage_out_channels",
 ]
