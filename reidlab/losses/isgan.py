@@ -42,7 +42,8 @@ def shuffling_loss(target: torch.Tensor, generated: Sequence[torch.Tensor]) -> t
     return sum(F.l1_loss(g, target) for g in generated)
 
 
-def positive_indices(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def positive_indices(labels: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """For every sample, a random other sample of the same label (itself if it has none):
     the anchor / positive pairs of a P x K batch."""
     same = labels[:, None] == labels[None, :]

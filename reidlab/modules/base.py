@@ -69,32 +69,43 @@ class ReIDModule(pl.LightningModule):
 
 def load_baseline_parts(path: str, parts: dict[str, nn.Module],
                         optional: tuple[str, ...] = ()) -> None:
-    """Load the weights of a source-trained :class:`~reidlab.modules.Baseline` into modules.
+    """Load the weights of a source-trained :class:`~reidlab.modules.Baseline` into modules
+    (:func:`load_checkpoint_parts` expecting ``backbone.*`` weights)."""
+    load_checkpoint_parts(path, parts, optional, required="backbone.",
+                          what="reidlab Baseline trained on the source")
+
+
+def load_checkpoint_parts(path: str, parts: dict[str, nn.Module], optional: tuple[str, ...] = (),
+                          required: str = "backbone.", what: str = "reidlab model") -> None:
+    """Load weights of a checkpoint into modules, by key prefix.
 
     Args:
-        path: a Lightning checkpoint of the Baseline, or a plain state dict.
+        path: a Lightning checkpoint, or a plain state dict.
         parts: checkpoint key prefix (``"backbone."``, ``"neck."``, ...) -> module to fill.
         optional: prefixes whose keys may be missing (e.g. a parameter-free pooling).
+        required: a prefix the checkpoint must have keys under.
+        what: the expected kind of checkpoint, for the error messages.
 
     Raises:
-        OSError: the file cannot be read. ValueError: it holds no ``backbone.*`` weights, or
+        OSError: the file cannot be read. ValueError: it holds no ``required`` weights, or
         a part does not fit (different backbone, width or number of classes).
     """
     if not Path(path).is_file():
-        raise MissingFileError(f"the pretrained Baseline checkpoint {path} does not exist")
+        raise MissingFileError(f"the pretrained checkpoint {path} does not exist (expected a "
+                               f"{what})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle / zip / EOF errors of a damaged or foreign file
-        raise InputFileError(f"cannot read the pretrained Baseline checkpoint {path}: "
-                      f"{type(err).__name__}: {err}") from err
+        raise InputFileError(f"cannot read the pretrained checkpoint {path}: "
+                             f"{type(err).__name__}: {err}") from err
     state = state.get("state_dict", state)
-    if not any(k.startswith("backbone.") for k in state):
-        raise InputValueError(f"{path} has no 'backbone.*' weights: expected a checkpoint of a "
-                         "reidlab Baseline trained on the source")
+    if not any(k.startswith(required) for k in state):
+        raise InputValueError(f"{path} has no '{required}*' weights: expected a checkpoint of "
+                              f"a {what}")
     for prefix, module in parts.items():
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(part, strict=prefix not in optional)
         except RuntimeError as err:
             raise InputValueError(f"{path}: the '{prefix}*' weights do not fit this model "
-                             f"(backbone, backbone_width, num_classes?): {err}") from err
+                                  f"(backbone, backbone_width, num_classes?): {err}") from err

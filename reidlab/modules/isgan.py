@@ -43,7 +43,7 @@ from reidlab.losses.isgan import (
     random_part_masks,
     shuffling_loss,
 )
-from reidlab.modules.base import ReIDModule
+from reidlab.modules.base import ReIDModule, load_checkpoint_parts
 from reidlab.nn import build_backbone
 from reidlab.nn.isgan import Discriminator, Generator, IdentityEncoder, UnrelatedEncoder
 from reidlab.nn.parts import PartBranches, split_backbone
@@ -58,6 +58,9 @@ class ISGAN(ReIDModule):
 
     Args:
         num_classes: training identities (linked from the datamodule by the CLI).
+        pretrained: an ISGAN checkpoint whose trunk and E_R are loaded (e.g. the end of a
+            stage-1 run, to train stages 2-3 with several settings from one stage 1, as the
+            authors do); with it ``stage_epochs[0]`` may be 0.
         backbone: ``resnet50`` (paper) or a CPU backbone (``mobilenet_v2``, narrow ResNet).
             It is split after the first block of stage 3 (:func:`~reidlab.nn.parts.split_backbone`);
             E_R and E_U each get their own copies of the rest, both from ``weights``.
@@ -93,6 +96,7 @@ class ISGAN(ReIDModule):
     def __init__(
         self,
         num_classes: int = 0,
+        pretrained: str | None = None,
         backbone: str = "resnet50",
         weights: str | None = "imagenet",
         backbone_width: float = 1.0,
@@ -122,9 +126,12 @@ class ISGAN(ReIDModule):
         super().__init__()
         if num_classes < 1:
             raise InputValueError("ISGAN needs num_classes >= 1 (the training identities)")
-        if len(stage_epochs) != 3 or min(stage_epochs) < 0 or stage_epochs[0] < 1:
-            raise InputValueError("stage_epochs must be 3 epoch counts (stages 1, 2, 3) with "
-                                  f"stage 1 >= 1, got {list(stage_epochs)}")
+        if len(stage_epochs) != 3 or min(stage_epochs) < 0 or sum(stage_epochs) < 1:
+            raise InputValueError("stage_epochs must be 3 epoch counts (stages 1, 2, 3), got "
+                                  f"{list(stage_epochs)}")
+        if stage_epochs[0] == 0 and pretrained is None:
+            raise InputValueError("stage_epochs[0] = 0 skips stage 1: give a stage-1 ISGAN "
+                                  "checkpoint as pretrained (E_R would start untrained)")
         if len(stage_lrs) != 3:
             raise InputValueError(f"stage_lrs needs 3 learning rates, got {list(stage_lrs)}")
         if len(image_size) != 2:
@@ -148,11 +155,18 @@ class ISGAN(ReIDModule):
         self.use_discriminator = lambda_d > 0 or lambda_c > 0
         self.discriminator = (Discriminator(num_classes, height, width, discriminator_width)
                               if self.use_discriminator else None)
+        if pretrained is not None:
+            load_checkpoint_parts(pretrained, {"trunk.": self.trunk,
+                                               "identity_encoder.": self.identity_encoder},
+                                  required="identity_encoder.", what="reidlab ISGAN")
         self.erasing = (v2.RandomErasing(p=stage1_erasing_p, value=0) if stage1_erasing_p > 0
                         else None)
-        # the module's own step counter: Lightning's global_step counts optimizer steps
+        # the module's own step counter (Lightning's global_step counts optimizer steps) and
+        # the seed of every step's random draws: both in the state dict, so a resumed run
+        # repeats the draws of the uninterrupted one
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-        self.stage = 1
+        self.register_buffer("step_seed", torch.tensor(torch.initial_seed() % 2**62))
+        self.stage = self.stage_at(0)
 
     # -- schedule ---------------------------------------------------------------------------
     def stage_at(self, epoch: int) -> int:
@@ -161,24 +175,17 @@ class ISGAN(ReIDModule):
         return 1 if epoch < first else 2 if epoch < first + second else 3
 
     def enter_stage(self, stage: int) -> None:
-        """Freeze / unfreeze the trunk and E_R, set the stage's learning rates."""
+        """Freeze / unfreeze the trunk and E_R, set the stage's learning rates (each training
+        step puts frozen modules in eval mode: Lightning restores module modes itself, e.g.
+        after validation and on resume)."""
         self.stage = stage
         frozen = stage == 2
         for module in (self.trunk, self.identity_encoder):
             module.requires_grad_(not frozen)
-        self.train(self.training)  # frozen BatchNorms to eval mode
         lr = self.hparams.stage_lrs[stage - 1]
         for optimizer in self._optimizer_list():
             for group in optimizer.param_groups:
                 group["lr"] = lr
-
-    def train(self, mode: bool = True) -> ISGAN:
-        """In stage 2 the frozen trunk and E_R stay in eval mode (their BN statistics too)."""
-        super().train(mode)
-        if mode and self.stage == 2:
-            self.trunk.eval()
-            self.identity_encoder.eval()
-        return self
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """A :class:`~reidlab.callbacks.GenerationGrid` unless one is configured."""
@@ -187,7 +194,8 @@ class ISGAN(ReIDModule):
 
     def on_fit_start(self) -> None:
         trainer, hp = self.trainer, self.hparams
-        if str(trainer.precision).startswith("16"):
+        scaler = getattr(trainer.strategy.precision_plugin, "scaler", None)
+        if str(trainer.precision).startswith("16") or scaler is not None:
             raise InputValueError(
                 "ISGAN does not support precision='16-mixed': one loss scaler cannot serve its "
                 "two optimizers (D and E_R / E_U / G) correctly; use 'bf16-mixed' or 32")
@@ -274,10 +282,18 @@ class ISGAN(ReIDModule):
             raise InputValueError(f"training images are {tuple(images.shape[-2:])} but ISGAN "
                                   f"was built for image_size={list(hp.image_size)}: set it to "
                                   "the DataModule's (height, width)")
+        for module in (self.trunk, self.identity_encoder):  # stage 2: BN statistics frozen
+            module.train(self.stage != 2)
         optimizers = self.optimizers()
         opt_g, opt_d = (optimizers, None) if not isinstance(optimizers, list) else optimizers
-        logs = self.stage_one_step(images, pids, opt_g) if self.stage == 1 else \
-            self.adversarial_step(images, pids, opt_g, opt_d)
+        # positives, part masks, noise, codes, dropout, erasing and noisy labels are drawn
+        # from a generator seeded by (seed, rank, iteration), not from the global stream
+        # that data loading shares: a run resumed inside an epoch draws what it would have
+        seed = int(self.step_seed) + 1_000_003 * self.global_rank + int(self.iteration)
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            torch.manual_seed(seed)
+            logs = (self.stage_one_step(images, pids, opt_g) if self.stage == 1
+                    else self.adversarial_step(images, pids, opt_g, opt_d))
         self.iteration += 1
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True,
                       batch_size=len(pids))

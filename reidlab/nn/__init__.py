@@ -1,4 +1,5 @@
-"""Network building blocks: backbones, AIBN, pooling, heads, part branches, attention, memory, GAN blocks."""
+"""Network building blocks: backbones, AIBN, pooling, heads, part branches, attention,
+memory, GAN blocks."""
 
 from reidlab.nn.aibn import AIBN, aibn_alphas, convert_to_aibn
 from reidlab.nn.arn import ConvLatentEncoder, LatentDecoder, StageLatentEncoder
