@@ -72,14 +72,16 @@ class StageTimer(pl.Callback):
         if self.cuda:
             torch.cuda.synchronize()
         if batch_idx >= self.warmup:
-            self.times[pl_module.stage_at(trainer.current_epoch)].append(time.perf_counter() - self.start)
+            stage = pl_module.stage_at(trainer.current_epoch)
+            self.times[stage].append(time.perf_counter() - self.start)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        stage = pl_module.stage_at(trainer.current_epoch)
         if self.cuda:
-            self.memory[pl_module.stage_at(trainer.current_epoch)] = torch.cuda.max_memory_allocated()
+            self.memory[stage] = torch.cuda.max_memory_allocated()
         else:
             self.rss.__exit__(None, None, None)
-            self.memory[pl_module.stage_at(trainer.current_epoch)] = self.rss.peak
+            self.memory[stage] = self.rss.peak
 
 
 def run(size: str, precision: str, steps: int, warmup: int, workdir: str) -> StageTimer:

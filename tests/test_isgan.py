@@ -6,9 +6,9 @@ import math
 
 import pytest
 import pytorch_lightning as pl
-from pytorch_lightning.plugins import MixedPrecision
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins import MixedPrecision
 from torch.distributions import Normal, kl_divergence
 
 from reidlab.callbacks import InterruptCheckpoint, TrainingInterrupted

@@ -3,8 +3,9 @@
 Usage: python ddp_isgan.py OUT_PREFIX   (REIDLAB_CACHE: a temp folder)
 
 Each rank writes OUT_PREFIX.rank{r}.pt with the stage of every epoch, the dataset indices
-of its batches, the initial state dict and the final parameters (BN running statistics are
-per-rank after the last step, DDP broadcasts rank 0's at the next forward), so the test can compare the ranks.
+of its batches, the initial state dict and the final parameters, so the test can compare
+the ranks (BN running statistics differ after the last step: DDP broadcasts rank 0's at the
+next forward).
 """
 
 import sys
