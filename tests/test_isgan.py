@@ -265,7 +265,7 @@ def test_resume_inside_stage_two_matches_the_uninterrupted_run(tmp_path):
     fit(tmp_path / "cut", signal_step=3 + 2 * 4)  # epoch 2 (stage 2), during its batch 2
     ckpt = tmp_path / "cut" / "ckpt" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
-    assert saved["epoch"] == 2 and saved["isgan"]["stage"] == 2
+    assert saved["epoch"] == saved["isgan"]["epoch"] == 2 and saved["isgan"]["stage"] == 2
     assert saved["state_dict"]["iteration"].item() == 3 + 3 + 2
     resumed = fit(tmp_path / "resumed", ckpt_path=ckpt)
     assert resumed.stage == 2
@@ -274,6 +274,34 @@ def test_resume_inside_stage_two_matches_the_uninterrupted_run(tmp_path):
     other = ISGAN(num_classes=8, stage_epochs=(3, 0, 0), **NET)
     with pytest.raises(InputValueError, match="saved in stage 2"):
         other.on_load_checkpoint(saved)
+
+
+def test_stages_two_and_three_start_from_a_stage_one_checkpoint(tmp_path):
+    pl.seed_everything(0)
+    stage1 = ISGAN(num_classes=8, stage_epochs=(1, 0, 0), lambda_d=0, lambda_c=0, **NET)
+    fit = tiny_trainer(tmp_path / "one", max_epochs=1, limit_train_batches=1)
+    fit.fit(stage1, tiny_dm())
+    fit.save_checkpoint(tmp_path / "stage1.ckpt")
+    model = ISGAN(num_classes=8, pretrained=str(tmp_path / "stage1.ckpt"),
+                  stage_epochs=(0, 1, 0), **NET)
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}
+    for key, value in stage1.state_dict().items():
+        if key.startswith(("trunk.", "identity_encoder.")):
+            assert torch.equal(loaded[key], value), key
+    assert model.stage == 2 and model.discriminator is not None
+    fit = tiny_trainer(tmp_path / "two", max_epochs=1, limit_train_batches=1)
+    fit.fit(model, tiny_dm())
+    assert not _changed(loaded, model.state_dict(), "identity_encoder.")
+    assert _changed(loaded, model.state_dict(), "generator.")
+    # its checkpoint loads without the stage-1 file (pretrained is cleared in it)
+    fit.save_checkpoint(tmp_path / "stage2.ckpt")
+    assert_same_state(ISGAN.load_from_checkpoint(tmp_path / "stage2.ckpt"), model)
+    with pytest.raises(InputValueError, match="skips stage 1"):
+        tiny_trainer(tmp_path / "none").fit(ISGAN(num_classes=8, stage_epochs=(0, 1, 0), **NET),
+                                            tiny_dm())
+    torch.save({"state_dict": {"backbone.w": torch.zeros(1)}}, tmp_path / "baseline.ckpt")
+    with pytest.raises(InputValueError, match="no 'identity_encoder"):
+        ISGAN(num_classes=8, pretrained=str(tmp_path / "baseline.ckpt"), **NET)
 
 
 def test_bf16_mixed_steps_are_finite_and_16_mixed_is_refused(tmp_path):

@@ -129,9 +129,6 @@ class ISGAN(ReIDModule):
         if len(stage_epochs) != 3 or min(stage_epochs) < 0 or sum(stage_epochs) < 1:
             raise InputValueError("stage_epochs must be 3 epoch counts (stages 1, 2, 3), got "
                                   f"{list(stage_epochs)}")
-        if stage_epochs[0] == 0 and pretrained is None:
-            raise InputValueError("stage_epochs[0] = 0 skips stage 1: give a stage-1 ISGAN "
-                                  "checkpoint as pretrained (E_R would start untrained)")
         if len(stage_lrs) != 3:
             raise InputValueError(f"stage_lrs needs 3 learning rates, got {list(stage_lrs)}")
         if len(image_size) != 2:
@@ -166,7 +163,7 @@ class ISGAN(ReIDModule):
         # repeats the draws of the uninterrupted one
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.register_buffer("step_seed", torch.tensor(torch.initial_seed() % 2**62))
-        self.stage = self.stage_at(0)
+        self.stage, self.stage_epoch = self.stage_at(0), None  # the epoch it was entered in
 
     # -- schedule ---------------------------------------------------------------------------
     def stage_at(self, epoch: int) -> int:
@@ -174,11 +171,11 @@ class ISGAN(ReIDModule):
         first, second, _ = self.hparams.stage_epochs
         return 1 if epoch < first else 2 if epoch < first + second else 3
 
-    def enter_stage(self, stage: int) -> None:
+    def enter_stage(self, stage: int, epoch: int | None = None) -> None:
         """Freeze / unfreeze the trunk and E_R, set the stage's learning rates (each training
         step puts frozen modules in eval mode: Lightning restores module modes itself, e.g.
         after validation and on resume)."""
-        self.stage = stage
+        self.stage, self.stage_epoch = stage, epoch
         frozen = stage == 2
         for module in (self.trunk, self.identity_encoder):
             module.requires_grad_(not frozen)
@@ -201,11 +198,14 @@ class ISGAN(ReIDModule):
                 "two optimizers (D and E_R / E_U / G) correctly; use 'bf16-mixed' or 32")
         strategy = trainer.strategy
         if (isinstance(strategy, DDPStrategy) and trainer.world_size > 1
-                and not strategy._ddp_kwargs.get("find_unused_parameters", False)):
+                and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
             raise InputValueError(
                 "ISGAN under DDP needs strategy='ddp_find_unused_parameters_true': each "
                 "training step has a D-only and a generator-only backward, and stage 1 trains "
                 "E_R alone")
+        if hp.stage_epochs[0] == 0 and hp.pretrained is None and trainer.ckpt_path is None:
+            raise InputValueError("stage_epochs[0] = 0 skips stage 1: give a stage-1 ISGAN "
+                                  "checkpoint as pretrained (E_R would start untrained)")
         if trainer.max_epochs is not None and trainer.max_epochs > sum(hp.stage_epochs):
             raise InputValueError(f"max_epochs={trainer.max_epochs} runs past the three stages "
                                   f"(stage_epochs={list(hp.stage_epochs)}, "
@@ -217,20 +217,21 @@ class ISGAN(ReIDModule):
                 "erases in stage 1 only (its stage1_erasing_p): set data erasing_p to 0")
 
     def on_train_epoch_start(self) -> None:
-        self.enter_stage(self.stage_at(self.current_epoch))
+        self.enter_stage(self.stage_at(self.current_epoch), self.current_epoch)
         self.log("train/stage", float(self.stage), on_step=False, on_epoch=True)
 
     # -- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["isgan"] = {"stage": self.stage, "iteration": int(self.iteration)}
+        checkpoint["isgan"] = {"stage": self.stage, "epoch": self.stage_epoch,
+                               "iteration": int(self.iteration)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("isgan")
         if saved is None:
             return
-        epoch = int(checkpoint.get("epoch", 0))
-        if self.stage_at(epoch) != saved["stage"]:
+        epoch = saved["epoch"]  # the epoch being trained in that stage (None: before fit)
+        if epoch is not None and self.stage_at(epoch) != saved["stage"]:
             raise InputValueError(
                 f"the checkpoint was saved in stage {saved['stage']} at epoch {epoch}, but "
                 f"stage_epochs={list(self.hparams.stage_epochs)} puts epoch {epoch} in stage "
