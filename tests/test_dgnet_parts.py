@@ -10,8 +10,10 @@ from reidlab.losses.dgnet import (
     lsgan_generator_loss,
     r1_penalty,
 )
+from reidlab.nn import build_backbone
 from reidlab.nn.dgnet import (
     ASPP,
+    AppearanceEncoder,
     Decoder,
     DomainDiscriminator,
     ImageDiscriminator,
@@ -127,3 +129,24 @@ def test_r1_penalty_matches_its_closed_form_in_float32_under_bf16():
     penalty = r1_penalty(d, torch.randn(2, 3, 16, 8))
     grads = torch.autograd.grad(penalty, list(d.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_appearance_encoder_codes_are_channel_major_part_max_pools():
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", None, last_stride=1, width=0.25)
+    enc = AppearanceEncoder(net, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 32)
+    out = enc(x)
+    fmap = net(x)
+    channels = net.out_channels
+    assert out["code"].shape == (2, 4 * channels) and enc.code_dim == 4 * channels
+    # entry c * 4 + p is channel c's max over stripe p
+    torch.testing.assert_close(out["code"][:, 1 * 4 + 2], fmap[:, 1, 2:3].amax(dim=(1, 2)))
+    torch.testing.assert_close(out["global"], fmap.amax(dim=(2, 3)))
+    for head in ("primary", "fine"):
+        feature, logits = out[head]
+        assert feature.shape == (2, 512) and logits.shape == (2, 5)
+    kept = enc.primary.bottleneck[0].weight.clone()
+    enc.primary.classifier = enc.primary.new_classifier(9)  # a round's new capacity
+    assert enc(x)["primary"][1].shape == (2, 9)
+    assert torch.equal(enc.primary.bottleneck[0].weight, kept)

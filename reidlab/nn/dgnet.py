@@ -3,7 +3,8 @@ Learning for Person Re-identification", CVPR 2019; Zou et al., "Joint Disentangl
 Adaptation for Cross-Domain Person Re-Identification", ECCV 2020), from the specification in
 METHODS.md: the structure encoder (channel-mean image -> 128-channel structure code), the
 decoder (AdaIN residual blocks driven by MLPs on the appearance code, LayerNorm up-sampling),
-the multi-scale image discriminator and the domain discriminator on the appearance feature.
+the multi-scale image discriminator, the appearance encoder E_a with its identity heads and
+the domain discriminator on the appearance feature.
 
 Where METHODS.md leaves a size open (kernel sizes of the structure encoder, ASPP branch
 widths, intermediate discriminator widths), the choice is stated in the class docstring.
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reidlab.nn.backbones import Backbone
 
 
 def _act() -> nn.Module:
@@ -213,3 +216,58 @@ class DomainDiscriminator(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(1)
+
+
+class IdentityHead(nn.Module):
+    """One of E_a's identity heads: a kept ``bottleneck`` (Linear 2048 -> 512 + BN) and a
+    ``classifier`` (Dropout + Linear 512 -> C) that DG-Net++ re-creates every round."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float, dim: int = 512) -> None:
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim))
+        self.dropout = dropout
+        self.classifier = self.new_classifier(num_classes)
+
+    def new_classifier(self, num_classes: int) -> nn.Sequential:
+        """A freshly initialised classifier over ``num_classes`` (DG-Net++: each round)."""
+        dim = self.bottleneck[0].out_features
+        classifier = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(dim, num_classes))
+        nn.init.normal_(classifier[1].weight, std=0.001)
+        nn.init.zeros_(classifier[1].bias)
+        return classifier.to(self.bottleneck[0].weight.device)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(512-d feature, logits)``."""
+        feature = self.bottleneck(x)
+        return feature, self.classifier(feature)
+
+
+class AppearanceEncoder(nn.Module):
+    """E_a: a backbone (ResNet-50 with last stride 1 in the papers) whose map is max-pooled
+    into ``parts`` horizontal stripes for the appearance code (flattened channel-major as in
+    the authors' code, so the decoder's slices are channel groups: ``parts x C`` = 8192-d)
+    and globally for ``f_e`` (the domain discriminator's input and the heads' input: the
+    primary head with dropout 0.5, the fine-grained one with 0.75).
+
+    ``forward`` returns ``{"code", "global", "primary", "fine"}`` with each head's
+    ``(feature, logits)``.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, parts: int = 4,
+                 dropouts: Sequence[float] = (0.5, 0.75)) -> None:
+        super().__init__()
+        self.backbone, self.parts = backbone, parts
+        channels = backbone.out_channels
+        self.primary = IdentityHead(channels, num_classes, dropouts[0])
+        self.fine = IdentityHead(channels, num_classes, dropouts[1])
+
+    @property
+    def code_dim(self) -> int:
+        return self.parts * self.backbone.out_channels
+
+    def forward(self, images: torch.Tensor) -> dict:
+        fmap = self.backbone(images)
+        code = F.adaptive_max_pool2d(fmap, (self.parts, 1)).flatten(1)  # channel-major
+        pooled = F.adaptive_max_pool2d(fmap, 1).flatten(1)
+        return {"code": code, "global": pooled, "primary": self.primary(pooled),
+                "fine": self.fine(pooled)}
