@@ -151,3 +151,71 @@ def test_shard_sampler_covers_every_sample_once():
     shards = [list(ShardSampler(11, num_replicas=3, rank=r)) for r in range(3)]
     assert [len(s) for s in shards] == [4, 4, 3]
     assert sorted(sum(shards, [])) == list(range(11))
+
+
+def test_domain_pair_batches_follow_the_type_mix_with_same_id_positives():
+    from reidlab.datamodules import DomainPairBatchSampler
+    from reidlab.datamodules.samplers import BATCH_TYPES
+
+    source = np.repeat(np.arange(6), 3)  # 18 source images, 6 ids
+    target = np.array([0, 0, 1, 1, 1, -1, 2, 2, -1, 3])  # 10 target images, 2 outliers
+    offset = len(source)
+    sampler = DomainPairBatchSampler(source, target, batch_size=4, num_batches=4000, seed=1)
+    batches = list(sampler)
+    assert len(batches) == 4000 and all(len(b) == 8 for b in batches)
+    counts = {t: sampler.types.count(t) / len(batches) for t in BATCH_TYPES}
+    for name, share in zip(BATCH_TYPES, (0.45, 0.45, 0.05, 0.05), strict=True):
+        assert abs(counts[name] - share) < 0.025, (name, counts)
+    labels = np.concatenate([source, target])
+    for batch, kind in zip(batches[:500], sampler.types, strict=False):
+        side_a, side_b = kind.split("-")
+        for k, (anchor, positive) in enumerate(batch):
+            domain = side_a if k < 4 else side_b
+            assert (anchor >= offset) == (domain == "target")
+            assert labels[anchor] >= 0 and labels[positive] == labels[anchor]
+            assert (positive >= offset) == (anchor >= offset)
+            alone = (labels[offset:] == labels[anchor]).sum() == 1 and anchor >= offset
+            assert (positive == anchor) == alone  # itself only for target id 3's one image
+    # rounds >= 1: no source-source batch; a domain without labels cannot be drawn
+    no_ss = DomainPairBatchSampler(source, target, 4, (0, 0.45, 0.05, 0.05), num_batches=200)
+    list(no_ss)
+    assert "source-source" not in no_ss.types
+    with pytest.raises(ValueError, match="no labelled sample"):
+        DomainPairBatchSampler(source, np.full(10, -1), 4, (0.5, 0.5, 0, 0))
+    # ranks split the global batches, and resume skips the trained ones
+    ranks = [DomainPairBatchSampler(source, target, 4, num_batches=6, seed=2, num_replicas=2,
+                                    rank=r) for r in (0, 1)]
+    alone = DomainPairBatchSampler(source, target, 4, num_batches=12, seed=2)
+    merged = [b for pair in zip(*map(list, ranks), strict=True) for b in pair]
+    assert merged == list(alone)
+    ranks[0].resume(0, 2)
+    assert list(ranks[0]) == list(DomainPairBatchSampler(
+        source, target, 4, num_batches=6, seed=2, num_replicas=2, rank=0))[2:]
+
+
+def test_positive_pair_dataset_reads_anchor_and_positive_across_domains(tmp_path):
+    from PIL import Image
+
+    from reidlab.datasets import Record
+    from reidlab.datasets.image_dataset import PositivePairDataset, ReIDImageDataset
+
+    def records(domain, n):
+        out = []
+        for i in range(n):
+            path = tmp_path / f"{domain}{i}.png"
+            Image.new("RGB", (4, 8), (10 * i, 0, 0)).save(path)
+            out.append(Record(str(path), i // 2, i % 2))
+        return out
+
+    def to_value(img):
+        return np.asarray(img)[0, 0, 0]
+
+    parts = [ReIDImageDataset(records("s", 4), to_value),
+             ReIDImageDataset(records("t", 3), to_value, pids=[5, 5, -1])]
+    pairs = PositivePairDataset(parts)
+    assert len(pairs) == 7
+    assert pairs[(1, 0)] == (10, 0, 1, 1, 0, 0)
+    image, pid, camid, index, domain, positive = pairs[(5, 4)]
+    assert (image, pid, camid, index, domain, positive) == (10, 5, 1, 5, 1, 0)
+    with pytest.raises(IndexError):
+        pairs[(7, 0)]

@@ -5,6 +5,7 @@ from reidlab.datamodules.folder import ImageFolderDataModule
 from reidlab.datamodules.reid import ReIDDataModule
 from reidlab.datamodules.samplers import (
     CameraAwarePKBatchSampler,
+    DomainPairBatchSampler,
     PerCameraBatchSampler,
     PKBatchSampler,
     RandomBatchSampler,
@@ -13,7 +14,7 @@ from reidlab.datamodules.samplers import (
 from reidlab.datamodules.transforms import build_transforms
 
 __all__ = [
-    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "ImageFolderDataModule", "PKBatchSampler",
+    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "DomainPairBatchSampler", "ImageFolderDataModule", "PKBatchSampler",
     "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler",
     "build_transforms",
 ]

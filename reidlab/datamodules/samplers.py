@@ -13,6 +13,8 @@ calls it at every epoch through the ``sampler`` attribute). Use them with
   from other cameras where the identity has any.
 - :class:`PerCameraBatchSampler`: a fixed number of images from every camera (IICS intra stage).
 - :class:`RandomBatchSampler`: plain shuffled batches (unlabelled data).
+- :class:`DomainPairBatchSampler`: DG-Net++'s batches, one (side a, side b) domain pair per
+  step, every image with a positive of its (pseudo-)identity.
 """
 
 from __future__ import annotations
@@ -286,6 +288,81 @@ class RandomBatchSampler(_RankAwareBatchSampler):
         passes = -(-count * self.batch_size // self.indices.size)
         order = np.concatenate([rng.permutation(self.indices) for _ in range(passes)])
         return order[: count * self.batch_size].reshape(count, self.batch_size).tolist()
+
+
+BATCH_TYPES = ("source-source", "target-target", "source-target", "target-source")
+
+
+class DomainPairBatchSampler(_RankAwareBatchSampler):
+    """DG-Net++'s training batches (METHODS.md): each step one batch type, drawn with
+    ``type_weights`` over :data:`BATCH_TYPES` (the authors' 45 / 45 / 5 / 5; rounds >= 1
+    give source-source weight 0), then ``batch_size`` random images of side a's domain and
+    ``batch_size`` of side b's, each paired with a random other image of its identity (the
+    image itself when it has none).
+
+    Indices refer to the concatenation ``source + target`` (target sample ``i`` is
+    ``len(source_pids) + i``). A batch is a list of ``(anchor, positive)`` index pairs,
+    side a first: :class:`~reidlab.datasets.image_dataset.PositivePairDataset` reads them.
+    Samples with a negative pid (clustering outliers) are never drawn; a side with no
+    labelled sample makes its batch types impossible (their weight must be 0).
+
+    The default epoch is one pass over the labelled images: ``(n_source + n_target) //
+    (2 * batch_size)`` batches over all ranks.
+    """
+
+    def __init__(
+        self,
+        source_pids: Sequence[int],
+        target_pids: Sequence[int],
+        batch_size: int = 8,
+        type_weights: Sequence[float] = (0.45, 0.45, 0.05, 0.05),
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(num_batches, seed, num_replicas, rank)
+        weights = np.asarray(type_weights, dtype=np.float64)
+        if weights.shape != (4,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"type_weights must be 4 non-negative weights for {BATCH_TYPES}, "
+                             f"got {list(type_weights)}")
+        source, target = (np.asarray(p, dtype=np.int64) for p in (source_pids, target_pids))
+        self.offset, self.batch_size = len(source), int(batch_size)
+        self.pools = {"source": self._pool(source, 0), "target": self._pool(target, len(source))}
+        for k, name in enumerate(BATCH_TYPES):
+            if weights[k] > 0 and any(not len(self.pools[d][0]) for d in name.split("-")):
+                raise ValueError(f"batch type {name} has weight {weights[k]} but its "
+                                 "domain has no labelled sample")
+        self.type_weights = weights / weights.sum()
+        self.types: list[str] = []  # the last pass's types, all ranks' batches, in order
+
+    @staticmethod
+    def _pool(pids: np.ndarray, offset: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        valid = np.flatnonzero(pids >= 0)
+        groups = {int(p): valid[pids[valid] == p] + offset for p in np.unique(pids[valid])}
+        return valid + offset, {int(i + offset): groups[int(pids[i])] for i in valid}
+
+    def _default_num_batches(self) -> int:
+        labelled = sum(len(pool) for pool, _ in self.pools.values())
+        return max(1, labelled // (2 * self.batch_size))
+
+    def _side(self, rng: np.random.Generator, domain: str) -> list[tuple[int, int]]:
+        pool, same_id = self.pools[domain]
+        anchors = rng.choice(pool, self.batch_size, replace=len(pool) < self.batch_size)
+        pairs = []
+        for a in anchors.tolist():
+            others = same_id[a][same_id[a] != a]
+            pairs.append((a, int(rng.choice(others)) if len(others) else a))
+        return pairs
+
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[list]:
+        types = rng.choice(len(BATCH_TYPES), size=count, p=self.type_weights)
+        self.types = [BATCH_TYPES[t] for t in types]
+        batches = []
+        for t in types:
+            side_a, side_b = BATCH_TYPES[t].split("-")
+            batches.append(self._side(rng, side_a) + self._side(rng, side_b))
+        return batches
 
 
 class ShardSampler(Sampler[int]):

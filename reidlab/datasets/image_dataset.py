@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -81,3 +82,34 @@ class ReIDImageDataset(Dataset):
             img = self.transform(img)
         pid = record.pid if self.pids is None else self.pids[index]
         return img, pid, record.camid, index
+
+
+class PositivePairDataset(Dataset):
+    """Anchor / positive pairs over several datasets' records concatenated (DG-Net++: source
+    then target): item ``(i, j)`` is ``(image_i, pid_i, camid_i, i, domain_i, image_j)``,
+    ``domain_i`` the index of the dataset sample ``i`` comes from (0 source, 1 target).
+    Indices come from :class:`~reidlab.datamodules.DomainPairBatchSampler`.
+
+    Args:
+        parts: one :class:`ReIDImageDataset` per domain, in index order.
+    """
+
+    def __init__(self, parts: Sequence[ReIDImageDataset]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        domain = int(np.searchsorted(self.starts, index, side="right")) - 1
+        if not 0 <= domain < len(self.parts):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        return domain, index - int(self.starts[domain])
+
+    def __getitem__(self, pair: tuple[int, int]) -> tuple[Any, int, int, int, int, Any]:
+        anchor, positive = pair
+        domain, local = self._locate(anchor)
+        image, pid, camid, _ = self.parts[domain][local]
+        pos_domain, pos_local = self._locate(positive)
+        return image, pid, camid, anchor, domain, self.parts[pos_domain][pos_local][0]
