@@ -144,7 +144,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.size == "paper" else \
         f"CPU, {torch.get_num_threads()} threads"
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    body = (f"`{command}` ({device}; {os.cpu_count()} cores; medians of "
+    load = os.getloadavg()[0]
+    body = (f"`{command}` ({device}; {os.cpu_count()} cores, load average {load:.1f} at the "
+            f"end; medians of "
             f"{args.repeats} x {args.steps - args.warmup} steps per stage; batch 4 ids x 4)\n\n"
             + table(args.size, results, 16))
     print(body)

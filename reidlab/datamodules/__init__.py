@@ -14,7 +14,8 @@ from reidlab.datamodules.samplers import (
 from reidlab.datamodules.transforms import build_transforms
 
 __all__ = [
-    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "DomainPairBatchSampler", "ImageFolderDataModule", "PKBatchSampler",
+    "CameraAwarePKBatchSampler", "CrossDomainDataModule", "DomainPairBatchSampler",
+    "ImageFolderDataModule", "PKBatchSampler",
     "PerCameraBatchSampler", "RandomBatchSampler", "ReIDDataModule", "ShardSampler",
     "build_transforms",
 ]
