@@ -137,3 +137,35 @@ def test_bad_images_are_all_listed_at_setup(tmp_path):
     # at load time, the error is short and names the file
     with pytest.raises(OSError, match=train[1].name):
         read_image(str(train[1]))
+
+
+def test_cross_domain_domain_pair_batches_carry_positives_and_pseudo_labels(tmp_path,
+                                                                          monkeypatch):
+    import numpy as np
+
+    from reidlab.datamodules import CrossDomainDataModule
+
+    monkeypatch.setenv("REIDLAB_CACHE", str(tmp_path))
+    tiny = {"num_train_ids": 4, "num_test_ids": 3, "images_per_id": 4, "height": 32,
+            "width": 16}
+    dm = CrossDomainDataModule(source_kwargs=tiny, target_kwargs=tiny, height=32, width=16,
+                               num_workers=0, batches="domain_pairs", pair_batch_size=3,
+                               iters_per_epoch=20, batch_type_weights=(1, 0, 0, 0))
+    n_source = len(dm.source_data.train)
+    batch = next(iter(dm.train_dataloader()))[0]["pairs"]
+    images, pids, camids, idx, domain, positives = batch
+    assert images.shape == positives.shape == (6, 3, 32, 16)
+    assert (domain == 0).all() and (idx < n_source).all()  # only source-source allowed
+    labels = np.arange(len(dm.target_data.train)) % 3
+    labels[0] = -1
+    dm.set_pseudo_labels(labels)
+    dm.set_batch_type_weights((0, 1, 0, 0))
+    state = dm.state_dict()
+    fresh = CrossDomainDataModule(source_kwargs=tiny, target_kwargs=tiny, height=32, width=16,
+                                  num_workers=0, batches="domain_pairs", pair_batch_size=3,
+                                  iters_per_epoch=20)
+    fresh.load_state_dict(state)  # a resumed run keeps labels and batch types
+    for batch in [b[0]["pairs"] for b in fresh.train_dataloader()]:
+        _, pids, _, idx, domain, _ = batch
+        assert (domain == 1).all() and (idx >= n_source).all()
+        assert (pids.numpy() == labels[idx.numpy() - n_source]).all() and (pids >= 0).all()

@@ -10,8 +10,9 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from reidlab.datamodules.reid import TRAIN_SAMPLERS, ReIDDataModuleBase
-from reidlab.datamodules.samplers import PerCameraBatchSampler
+from reidlab.datamodules.samplers import DomainPairBatchSampler, PerCameraBatchSampler
 from reidlab.datasets import ReIDDataset, ReIDImageDataset
+from reidlab.datasets.image_dataset import PositivePairDataset
 
 TARGET_SAMPLERS = (*TRAIN_SAMPLERS, "per_camera")
 
@@ -31,6 +32,13 @@ class CrossDomainDataModule(ReIDDataModuleBase):
     Pseudo-labels are part of :meth:`state_dict`, so a resumed run keeps them. Build the
     training loader every epoch (``Trainer(reload_dataloaders_every_n_epochs=1)``) so new
     labels take effect.
+
+    With ``batches="domain_pairs"`` (DG-Net++) every step is one
+    :class:`~reidlab.datamodules.DomainPairBatchSampler` batch instead: ``{"pairs": (img,
+    pid, camid, idx, domain, positive_img)}``, ``pair_batch_size`` images of side a then as
+    many of side b, the batch type drawn with :meth:`set_batch_type_weights` (default
+    ``batch_type_weights``); ``idx`` indexes ``source.train + target.train`` and the target
+    side carries the pseudo-labels (outliers never drawn).
 
     With ``source=None`` the module serves the fully unsupervised setting: batches are
     ``{"target": ...}`` only (target images + camera ids). Validation and test run on the
@@ -53,6 +61,10 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         target_num_ids: P of the target side (default: ``num_ids``).
         target_num_instances: K of the target side (default: ``num_instances``).
         num_per_camera: images per camera and batch for ``per_camera``.
+        batches: ``combined`` (a source and a target batch per step) or ``domain_pairs``.
+        pair_batch_size: images per side of a ``domain_pairs`` batch (DG-Net++: 8).
+        batch_type_weights: weights of source-source, target-target, source-target and
+            target-source ``domain_pairs`` batches (the authors' 45 / 45 / 5 / 5).
         train_target: False gives source-only training batches (``{"source": ...}``), e.g.
             for the direct-transfer Baseline, which never looks at target training images.
         iters_per_epoch: training batches per device and epoch, both sides.
@@ -83,6 +95,9 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         target_num_ids: int | None = None,
         target_num_instances: int | None = None,
         num_per_camera: int = 8,
+        batches: str = "combined",
+        pair_batch_size: int = 8,
+        batch_type_weights: tuple[float, float, float, float] = (0.45, 0.45, 0.05, 0.05),
         train_target: bool = True,
         iters_per_epoch: int | None = None,
         eval_batch_size: int = 128,
@@ -100,10 +115,15 @@ class CrossDomainDataModule(ReIDDataModuleBase):
         if target_sampler not in TARGET_SAMPLERS:
             raise ValueError(f"target_sampler must be one of {TARGET_SAMPLERS}, "
                              f"got {target_sampler!r}")
+        if batches not in ("combined", "domain_pairs"):
+            raise ValueError(f"batches must be 'combined' or 'domain_pairs', got {batches!r}")
+        if batches == "domain_pairs" and source is None:
+            raise ValueError("batches='domain_pairs' needs a source")
         super().__init__(height, width, flip_p, padding, erasing_p)
         self.save_hyperparameters()
         self.pseudo_labels: np.ndarray | None = None
         self.label_sampler: str | None = None
+        self.type_weights = tuple(float(w) for w in batch_type_weights)
 
     # -- data ----------------------------------------------------------------------------
     @cached_property
@@ -155,13 +175,22 @@ class CrossDomainDataModule(ReIDDataModuleBase):
                              f"{len(self.target_data.train)} target training images")
         self.pseudo_labels = labels
 
+    def set_batch_type_weights(self, weights: tuple[float, float, float, float]) -> None:
+        """Weights of the ``domain_pairs`` batch types from the next loader on (DG-Net++
+        rounds >= 1 drop source-source batches)."""
+        if len(weights) != 4:
+            raise ValueError(f"need 4 batch type weights, got {list(weights)}")
+        self.type_weights = tuple(float(w) for w in weights)
+
     def state_dict(self) -> dict[str, Any]:
         labels = self.pseudo_labels
         return {"pseudo_labels": None if labels is None else labels.tolist(),
-                "label_sampler": self.label_sampler}
+                "label_sampler": self.label_sampler, "batch_type_weights": self.type_weights}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.set_pseudo_labels(state_dict.get("pseudo_labels"), state_dict.get("label_sampler"))
+        if "batch_type_weights" in state_dict:
+            self.set_batch_type_weights(state_dict["batch_type_weights"])
 
     # -- loaders -------------------------------------------------------------------------
     def target_train_dataloader(self) -> DataLoader:
@@ -185,7 +214,25 @@ class CrossDomainDataModule(ReIDDataModuleBase):
             sampler = self._train_sampler(records, labels, kind, num_ids, num_instances, seed)
         return self._loader(ReIDImageDataset(records, self.train_transform, pids=pids), sampler)
 
+    def domain_pair_dataloader(self) -> DataLoader:
+        """The ``domain_pairs`` loader: source ids, target pseudo-labels (-1 before any)."""
+        hp = self.hparams
+        source, target = self.source_data.train, self.target_data.train
+        labels = (self.pseudo_labels if self.pseudo_labels is not None
+                  else np.full(len(target), -1))
+        world, rank = self._world()
+        sampler = DomainPairBatchSampler([r.pid for r in source], labels, hp.pair_batch_size,
+                                         self.type_weights, num_batches=hp.iters_per_epoch,
+                                         seed=hp.seed, num_replicas=world, rank=rank)
+        dataset = PositivePairDataset([ReIDImageDataset(source, self.train_transform),
+                                       ReIDImageDataset(target, self.train_transform,
+                                                        pids=labels)])
+        return self._loader(dataset, sampler)
+
     def train_dataloader(self) -> CombinedLoader:
+        if self.hparams.batches == "domain_pairs":
+            return CombinedLoader({"pairs": self.domain_pair_dataloader()},
+                                  mode="max_size_cycle")
         loaders = {"target": self.target_train_dataloader()} if self.hparams.train_target else {}
         if self.source_data is not None:
             loaders = {"source": self.labelled_train_dataloader(self.source_data.train),
