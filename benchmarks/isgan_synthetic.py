@@ -171,8 +171,8 @@ read it with the seed spread). The Baseline row is the BoT Baseline of `oracle.y
 (one global feature, 16 ids x 4 images, 16 epochs of 15 batches) on the same images; E_R is
 MGN-style (8 part features, 4 ids x 4 images, 20 epochs of 40 batches), so "vs Baseline"
 measures architecture and schedule, not IS-GAN's losses: on these synthetic people, whose
-upper and lower clothing differ in colour and pattern, part features are strong. The paper's Baseline row is
-E_R alone as well (84.1 mAP on Market-1501, against BoT's 85.9)."""
+upper and lower clothing differ in colour and pattern, part features are strong. The
+paper's Baseline row is E_R alone as well (84.1 mAP on Market-1501, against BoT's 85.9)."""
 
 
 def write_docs(results: dict) -> None:
