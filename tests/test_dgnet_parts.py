@@ -150,3 +150,17 @@ def test_appearance_encoder_codes_are_channel_major_part_max_pools():
     enc.primary.classifier = enc.primary.new_classifier(9)  # a round's new capacity
     assert enc(x)["primary"][1].shape == (2, 9)
     assert torch.equal(enc.primary.bottleneck[0].weight, kept)
+
+
+def test_teacher_kl_pads_the_teacher_over_the_target_classes():
+    from reidlab.losses.dgnet import teacher_kl_loss
+
+    student = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.75, 0.25], [1.0, 0.0]])
+    log_p = torch.log_softmax(student, dim=1)
+    by_hand = (0.75 * (torch.log(torch.tensor(0.75)) - log_p[0, 0])
+               + 0.25 * (torch.log(torch.tensor(0.25)) - log_p[0, 1])
+               + 1.0 * (0.0 - log_p[1, 0])) / 2
+    torch.testing.assert_close(teacher_kl_loss(student, teacher), by_hand)
+    with pytest.raises(ValueError, match="fewer"):
+        teacher_kl_loss(student[:, :1], teacher)

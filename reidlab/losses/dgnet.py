@@ -42,3 +42,21 @@ def domain_adversarial_loss(scores: torch.Tensor, target: float) -> torch.Tensor
     ``sum((score - target)^2)`` (source 0, target 1; the generator side pushes target
     features to 0)."""
     return ((scores.float() - target) ** 2).sum()
+
+
+def teacher_kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """DG-Net's teacher loss: ``KL(q_teacher || p_student)`` averaged over the batch, where
+    the teacher's distribution over the ``C_s`` source ids is zero-padded to the student's
+    ``C_s + K`` classes (source ids first, then the target clusters; 0 log 0 = 0).
+
+    Args:
+        student_logits: ``(N, C_s + K)`` logits of the student's head on the generated image.
+        teacher_probs: ``(N, C_s)`` the teacher's (flip-averaged) softmax.
+    """
+    extra = student_logits.shape[1] - teacher_probs.shape[1]
+    if extra < 0:
+        raise ValueError(f"the student has {student_logits.shape[1]} classes, fewer than the "
+                         f"teacher's {teacher_probs.shape[1]}")
+    target = torch.nn.functional.pad(teacher_probs.float(), (0, extra))
+    log_student = torch.log_softmax(student_logits.float(), dim=1)
+    return torch.nn.functional.kl_div(log_student, target, reduction="batchmean")
