@@ -169,3 +169,27 @@ def test_cross_domain_domain_pair_batches_carry_positives_and_pseudo_labels(tmp_
         _, pids, _, idx, domain, _ = batch
         assert (domain == 1).all() and (idx >= n_source).all()
         assert (pids.numpy() == labels[idx.numpy() - n_source]).all() and (pids >= 0).all()
+
+
+def test_transforms_resize_with_the_requested_filter():
+    import pytest
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from reidlab.datamodules import build_transforms
+
+    img = Image.fromarray((torch.rand(40, 20, 3) * 255).byte().numpy())
+    for name, mode in (("bilinear", v2.InterpolationMode.BILINEAR),
+                       ("bicubic", v2.InterpolationMode.BICUBIC)):
+        pipeline = build_transforms(16, 8, train=False, interpolation=name)
+        resize = next(t for t in pipeline.transforms if isinstance(t, v2.Resize))
+        assert resize.interpolation == mode
+        ref = v2.functional.resize(v2.functional.pil_to_tensor(img), [16, 8],
+                                   interpolation=mode, antialias=True)
+        out = pipeline(img)
+        mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        torch.testing.assert_close(out, (ref.float() / 255 - mean) / std)
+    with pytest.raises(ValueError, match="interpolation"):
+        build_transforms(16, 8, interpolation="nearest")
