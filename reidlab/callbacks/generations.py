@@ -57,7 +57,8 @@ class GenerationGrid(pl.Callback):
     The module provides ``generation_examples(anchors, positives, labels) -> {column name:
     images in [0, 1]}`` (e.g. :meth:`reidlab.modules.ISGAN.generation_examples`); the
     DataModule's training records come from its ``data`` (or ``source_data``) and are read
-    with its test transform.
+    with its test transform. A module with ``generates_across_domains = True`` (DG-Net++)
+    also gets ``targets=``: as many fixed target training images, spread over the set.
 
     Args:
         num_pairs: rows of the grid.
@@ -83,5 +84,13 @@ class GenerationGrid(pl.Callback):
         dataset = ReIDImageDataset([r for pair in pairs for r in pair], dm.test_transform)
         images = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(pl_module.device)
         labels = torch.tensor([a.pid for a, _ in pairs], device=pl_module.device)
-        columns = pl_module.generation_examples(images[0::2], images[1::2], labels)
+        extra = {}
+        target = getattr(dm, "target_data", None)
+        if getattr(pl_module, "generates_across_domains", False) and target is not None:
+            records = target.train
+            picks = np.linspace(0, len(records) - 1, len(pairs)).round().astype(int)
+            target_set = ReIDImageDataset([records[i] for i in picks], dm.test_transform)
+            extra["targets"] = torch.stack([target_set[i][0] for i in range(len(picks))]
+                                           ).to(pl_module.device)
+        columns = pl_module.generation_examples(images[0::2], images[1::2], labels, **extra)
         log_figure(trainer, self.key, generation_figure(columns), folder)

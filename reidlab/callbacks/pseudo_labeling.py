@@ -15,12 +15,18 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from reidlab.callbacks.features import collect_features
 from reidlab.callbacks.figures import figure_folder, log_figure
-from reidlab.clustering import agglomerative, cluster_centers, dbscan, jaccard_distance
+from reidlab.clustering import (
+    agglomerative,
+    cluster_centers,
+    dbscan,
+    jaccard_distance,
+    reranked_distance,
+)
 from reidlab.metrics import pairwise_distance
 from reidlab.metrics.clustering import pseudo_label_quality
 
 METHODS = ("dbscan", "agglomerative")
-DISTANCES = ("jaccard", "cosine")
+DISTANCES = ("jaccard", "reranked", "cosine")
 
 
 class PseudoLabeling(pl.Callback):
@@ -28,19 +34,21 @@ class PseudoLabeling(pl.Callback):
     with ``on_pseudo_labels``).
 
     At fit start (unless a resumed run already has the labels of the coming epoch) and at
-    the end of every ``every_n_epochs``-th epoch (except the last):
+    the end of every ``every_n_epochs``-th epoch (except the last; a module with
+    ``reclusters_after(epoch) -> bool`` decides instead, e.g. DG-Net++'s rounds):
 
     1. every rank extracts its shard of the target training set with
        ``module.clustering_features`` (the teacher where there is one; falls back to
        ``extract_features``), optionally flip-averaged; shards are gathered with their
        dataset indices and de-duplicated (:func:`~reidlab.callbacks.features.collect_features`);
-    2. rank 0 clusters: k-reciprocal Jaccard distance (k1, k2) or cosine distance, then
-       DBSCAN (eps, min_samples) or agglomerative clustering; outliers get -1; the labels
+    2. rank 0 clusters: k-reciprocal Jaccard distance (k1, k2), the full re-ranked
+       distance (k1, k2, lambda_value; :func:`~reidlab.clustering.reranked_distance`) or
+       cosine distance, then DBSCAN (eps, min_samples) or agglomerative clustering; outliers get -1; the labels
        are broadcast;
     3. the labels go to ``datamodule.set_pseudo_labels`` (the next epoch's loader uses them;
        train with ``reload_dataloaders_every_n_epochs=1``) and to
-       ``module.on_pseudo_labels(labels, centers, features)`` with the cluster centres
-       ``(K, D)`` and all features ``(N, D)``.
+       ``module.on_pseudo_labels(labels, centers, features, epoch=...)`` with the cluster
+       centres ``(K, D)``, all features ``(N, D)`` and the epoch the labels are for.
 
     Before the first clustering of a fit, ``module.prepare_target_statistics(trainer)`` is
     called when the module has it (SBase re-estimates its target BN statistics there).
@@ -65,7 +73,9 @@ class PseudoLabeling(pl.Callback):
 
     Args:
         method: ``dbscan`` or ``agglomerative``.
-        distance: ``jaccard`` (k-reciprocal, sparse) or ``cosine`` (dense N x N: small N).
+        distance: ``jaccard`` (k-reciprocal, sparse), ``reranked`` (Zhong's re-ranking,
+            sparse; DBSCAN only, ``eps < 1 - lambda_value``) or ``cosine`` (dense N x N:
+            small N).
         eps: DBSCAN neighbourhood radius (0.6 in SBase).
         min_samples: DBSCAN core-point size (4 in SBase).
         n_clusters: agglomerative: fixed number of clusters.
@@ -73,6 +83,7 @@ class PseudoLabeling(pl.Callback):
         linkage: agglomerative linkage.
         k1: Jaccard k-reciprocal neighbourhood (30).
         k2: Jaccard local query expansion (6).
+        lambda_value: ``reranked``: weight of the original distance (0.3).
         search: ``exact`` or ``approx`` (pynndescent) neighbour search.
         flip: flip-average the clustering features.
         every_n_epochs: re-cluster after every n-th epoch.
@@ -90,6 +101,7 @@ class PseudoLabeling(pl.Callback):
         linkage: str = "average",
         k1: int = 30,
         k2: int = 6,
+        lambda_value: float = 0.3,
         search: str = "exact",
         flip: bool = False,
         every_n_epochs: int = 1,
@@ -99,13 +111,18 @@ class PseudoLabeling(pl.Callback):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        if distance == "reranked" and (method != "dbscan" or not 0 <= lambda_value < 1
+                                       or eps >= 1 - lambda_value):
+            raise ValueError("distance='reranked' needs method='dbscan', 0 <= lambda_value < 1 "
+                             f"and eps < 1 - lambda_value (missing pairs are >= that), got "
+                             f"method={method!r}, eps={eps}, lambda_value={lambda_value}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.method, self.distance = method, distance
         self.eps, self.min_samples = eps, min_samples
         self.n_clusters, self.distance_threshold, self.linkage = (
             n_clusters, distance_threshold, linkage)
-        self.k1, self.k2, self.search = k1, k2, search
+        self.k1, self.k2, self.lambda_value, self.search = k1, k2, lambda_value, search
         self.flip, self.every_n_epochs, self.quality = flip, every_n_epochs, quality
         self.labels: np.ndarray | None = None
         self.labels_epoch = -1  # the epoch the current labels were made for
@@ -120,7 +137,7 @@ class PseudoLabeling(pl.Callback):
             raise TypeError("PseudoLabeling needs a DataModule with set_pseudo_labels "
                             "(CrossDomainDataModule)")
         epoch = self.fit_start_epoch(trainer)
-        if self.labels is not None and self.labels_epoch == epoch:
+        if self.labels is not None and self.labels_still_valid(pl_module, epoch):
             # resumed: the module's classifier and memory came with the checkpoint
             trainer.datamodule.set_pseudo_labels(self.labels)
             return
@@ -129,6 +146,18 @@ class PseudoLabeling(pl.Callback):
             prepare(trainer)
         self.recluster(trainer, pl_module, for_epoch=epoch)
         self._optimizer_reset_pending = True
+
+    def reclusters_after(self, pl_module: pl.LightningModule, epoch: int) -> bool:
+        """Whether the labels change after ``epoch`` (the module's schedule, if it has one,
+        else every ``every_n_epochs``-th epoch)."""
+        schedule = getattr(pl_module, "reclusters_after", None)
+        return schedule(epoch) if schedule is not None else (epoch + 1) % self.every_n_epochs == 0
+
+    def labels_still_valid(self, pl_module: pl.LightningModule, epoch: int) -> bool:
+        """Whether the current labels are those of ``epoch`` (no re-clustering was due from
+        the epoch they were made for up to it)."""
+        return 0 <= self.labels_epoch <= epoch and not any(
+            self.reclusters_after(pl_module, e) for e in range(self.labels_epoch, epoch))
 
     def fit_start_epoch(self, trainer: pl.Trainer) -> int:
         """The epoch a fit starts with, also inside ``on_fit_start`` of a resumed run
@@ -151,7 +180,7 @@ class PseudoLabeling(pl.Callback):
         self.epochs_done = trainer.current_epoch + 1
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if (epoch + 1) % self.every_n_epochs == 0 and not last and not trainer.should_stop:
+        if self.reclusters_after(pl_module, epoch) and not last and not trainer.should_stop:
             self.recluster(trainer, pl_module, for_epoch=epoch + 1)
 
     # -- clustering ----------------------------------------------------------------------
@@ -161,6 +190,9 @@ class PseudoLabeling(pl.Callback):
         if self.distance == "jaccard":
             dist = jaccard_distance(features, self.k1, self.k2, search=self.search,
                                     progress=progress)
+        elif self.distance == "reranked":
+            dist = reranked_distance(features, self.k1, self.k2, self.lambda_value,
+                                     search=self.search, progress=progress)
         else:
             dist = pairwise_distance(features, features, metric="cosine").numpy()
         if self.method == "dbscan":
@@ -188,7 +220,7 @@ class PseudoLabeling(pl.Callback):
                    else features.new_zeros(0, features.shape[1]))
         dm.set_pseudo_labels(self.labels)
         if hasattr(pl_module, "on_pseudo_labels"):
-            pl_module.on_pseudo_labels(self.labels, centers, features)
+            pl_module.on_pseudo_labels(self.labels, centers, features, epoch=self.labels_epoch)
         self._report(trainer, records, time.perf_counter() - start)
         return self.labels
 

@@ -1,4 +1,4 @@
-"""Clustering for pseudo-labels: k-reciprocal Jaccard distance (sparse), neighbour search,
+"""Clustering for pseudo-labels: k-reciprocal Jaccard and re-ranked distances (sparse), neighbour search,
 DBSCAN / agglomerative wrappers, relabelling, cluster centres and the Jaccard similarity
 of classification scores."""
 
@@ -9,7 +9,7 @@ from reidlab.clustering.cluster import (
     dbscan,
     relabel,
 )
-from reidlab.clustering.jaccard import jaccard_distance
+from reidlab.clustering.jaccard import jaccard_distance, reranked_distance
 from reidlab.clustering.neighbors import knn
 from reidlab.clustering.scores import score_jaccard
 
@@ -21,5 +21,6 @@ __all__ = [
     "jaccard_distance",
     "knn",
     "relabel",
+    "reranked_distance",
     "score_jaccard",
 ]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from reidlab.datamodules.loader import TrainDataLoader, data_loader
 from reidlab.datamodules.samplers import (
     CameraAwarePKBatchSampler,
+    DomainPairBatchSampler,
     PKBatchSampler,
     RandomBatchSampler,
     ShardSampler,
@@ -21,7 +22,7 @@ from reidlab.datamodules.samplers import (
 from reidlab.datamodules.transforms import build_transforms
 from reidlab.datasets import Record, ReIDDataset, ReIDImageDataset, build_dataset
 from reidlab.datasets.base import DatasetFormatError
-from reidlab.datasets.image_dataset import find_bad_images
+from reidlab.datasets.image_dataset import PositivePairDataset, find_bad_images
 
 TRAIN_SAMPLERS = ("pk", "camera_pk", "random")
 
@@ -152,7 +153,10 @@ class ReIDDataModuleBase(pl.LightningDataModule):
 class ReIDDataModule(ReIDDataModuleBase):
     """One re-ID domain: identity-batched training, query + gallery evaluation.
 
-    Training batches are ``(images, pids, camids, indices)`` with P x K identity sampling.
+    Training batches are ``(images, pids, camids, indices)`` with P x K identity sampling,
+    or with ``sampler="pairs"`` (DG-Net) ``(images, pids, camids, indices, domains,
+    positive_images)``: ``2 x pair_batch_size`` random images, each with a random other image
+    of its identity (:class:`~reidlab.datamodules.DomainPairBatchSampler` on one domain).
 
     Args:
         dataset: a registered name (``market1501``, ``dukemtmcreid``, ``msmt17``,
@@ -163,7 +167,9 @@ class ReIDDataModule(ReIDDataModuleBase):
         width: image width.
         num_ids: P, identities per training batch (per device).
         num_instances: K, images per identity.
-        sampler: ``pk``, ``camera_pk`` (companions from other cameras) or ``random``.
+        sampler: ``pk``, ``camera_pk`` (companions from other cameras), ``random`` or
+            ``pairs``.
+        pair_batch_size: images per side of a ``pairs`` batch (DG-Net: 8).
         iters_per_epoch: training batches per device and epoch (default: one pass).
         eval_batch_size: batch size of evaluation loaders.
         num_workers: loader worker processes.
@@ -186,6 +192,7 @@ class ReIDDataModule(ReIDDataModuleBase):
         num_ids: int = 16,
         num_instances: int = 4,
         sampler: str = "pk",
+        pair_batch_size: int = 8,
         iters_per_epoch: int | None = None,
         eval_batch_size: int = 128,
         num_workers: int = 4,
@@ -196,8 +203,9 @@ class ReIDDataModule(ReIDDataModuleBase):
         interpolation: str = "bilinear",
         verify_images: bool | None = None,
     ) -> None:
-        if sampler not in TRAIN_SAMPLERS:
-            raise ValueError(f"sampler must be one of {TRAIN_SAMPLERS}, got {sampler!r}")
+        if sampler not in (*TRAIN_SAMPLERS, "pairs"):
+            raise ValueError(f"sampler must be one of {(*TRAIN_SAMPLERS, 'pairs')}, "
+                             f"got {sampler!r}")
         super().__init__(height, width, flip_p, padding, erasing_p, interpolation)
         self.save_hyperparameters()
 
@@ -221,4 +229,13 @@ class ReIDDataModule(ReIDDataModuleBase):
         self.verify(hp.dataset, self.data, hp.verify_images)
 
     def train_dataloader(self) -> DataLoader:
-        return self.labelled_train_dataloader(self.data.train)
+        hp = self.hparams
+        if hp.sampler != "pairs":
+            return self.labelled_train_dataloader(self.data.train)
+        records = self.data.train
+        world, rank = self._world()
+        sampler = DomainPairBatchSampler([r.pid for r in records], [], hp.pair_batch_size,
+                                         (1, 0, 0, 0), num_batches=hp.iters_per_epoch,
+                                         seed=hp.seed, num_replicas=world, rank=rank)
+        dataset = PositivePairDataset([ReIDImageDataset(records, self.train_transform)])
+        return self._loader(dataset, sampler)

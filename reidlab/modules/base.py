@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from reidlab.errors import InputFileError, InputValueError, MissingFileError
@@ -109,3 +112,40 @@ def load_checkpoint_parts(path: str, parts: dict[str, nn.Module], optional: tupl
         except RuntimeError as err:
             raise InputValueError(f"{path}: the '{prefix}*' weights do not fit this model "
                                   f"(backbone, backbone_width, num_classes?): {err}") from err
+
+
+# -- manual optimization (the GAN methods) -------------------------------------------------
+def register_step_state(module: nn.Module) -> None:
+    """Give a manually optimized module an ``iteration`` counter (Lightning's
+    ``global_step`` counts optimizer steps) and a ``step_seed``, both buffers, so that a
+    resumed run continues the count and repeats the random draws of the uninterrupted one
+    (:func:`seeded_step`)."""
+    module.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+    module.register_buffer("step_seed", torch.tensor(torch.initial_seed() % 2**62))
+
+
+@contextmanager
+def seeded_step(module: pl.LightningModule, device: torch.device) -> Iterator[None]:
+    """Run a training step's random draws (dropout, pairings, masks, coins) from a generator
+    seeded by (``step_seed``, rank, ``iteration``), not from the global stream that data
+    loading shares: a run resumed inside an epoch draws what it would have."""
+    seed = int(module.step_seed) + 1_000_003 * module.global_rank + int(module.iteration)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_manual_gan_trainer(trainer: pl.Trainer, method: str, why_unused: str) -> None:
+    """Refuse what a step with several optimizers and backward passes cannot serve:
+    ``16-mixed`` (one loss scaler cannot serve several optimizers correctly) and DDP without
+    ``find_unused_parameters`` (each backward reaches only some parameters: ``why_unused``)."""
+    scaler = getattr(trainer.strategy.precision_plugin, "scaler", None)
+    if str(trainer.precision).startswith("16") or scaler is not None:
+        raise InputValueError(
+            f"{method} does not support precision='16-mixed': one loss scaler cannot serve its "
+            "several optimizers correctly; use 'bf16-mixed' or 32")
+    strategy = trainer.strategy
+    if (isinstance(strategy, DDPStrategy) and trainer.world_size > 1
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
+        raise InputValueError(f"{method} under DDP needs strategy="
+                              f"'ddp_find_unused_parameters_true': {why_unused}")

@@ -27,7 +27,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.strategies import DDPStrategy
 from torchvision.transforms import v2
 
 from reidlab.callbacks.generations import GenerationGrid
@@ -43,7 +42,13 @@ from reidlab.losses.isgan import (
     random_part_masks,
     shuffling_loss,
 )
-from reidlab.modules.base import ReIDModule, load_checkpoint_parts
+from reidlab.modules.base import (
+    ReIDModule,
+    check_manual_gan_trainer,
+    load_checkpoint_parts,
+    register_step_state,
+    seeded_step,
+)
 from reidlab.nn import build_backbone
 from reidlab.nn.isgan import Discriminator, Generator, IdentityEncoder, UnrelatedEncoder
 from reidlab.nn.parts import PartBranches, split_backbone
@@ -158,11 +163,7 @@ class ISGAN(ReIDModule):
                                   required="identity_encoder.", what="reidlab ISGAN")
         self.erasing = (v2.RandomErasing(p=stage1_erasing_p, value=0) if stage1_erasing_p > 0
                         else None)
-        # the module's own step counter (Lightning's global_step counts optimizer steps) and
-        # the seed of every step's random draws: both in the state dict, so a resumed run
-        # repeats the draws of the uninterrupted one
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-        self.register_buffer("step_seed", torch.tensor(torch.initial_seed() % 2**62))
+        register_step_state(self)  # iteration counter and per-step seeds
         self.stage, self.stage_epoch = self.stage_at(0), None  # the epoch it was entered in
 
     # -- schedule ---------------------------------------------------------------------------
@@ -191,18 +192,8 @@ class ISGAN(ReIDModule):
 
     def on_fit_start(self) -> None:
         trainer, hp = self.trainer, self.hparams
-        scaler = getattr(trainer.strategy.precision_plugin, "scaler", None)
-        if str(trainer.precision).startswith("16") or scaler is not None:
-            raise InputValueError(
-                "ISGAN does not support precision='16-mixed': one loss scaler cannot serve its "
-                "two optimizers (D and E_R / E_U / G) correctly; use 'bf16-mixed' or 32")
-        strategy = trainer.strategy
-        if (isinstance(strategy, DDPStrategy) and trainer.world_size > 1
-                and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
-            raise InputValueError(
-                "ISGAN under DDP needs strategy='ddp_find_unused_parameters_true': each "
-                "training step has a D-only and a generator-only backward, and stage 1 trains "
-                "E_R alone")
+        check_manual_gan_trainer(trainer, "ISGAN", "each training step has a D-only and a "
+                                 "generator-only backward, and stage 1 trains E_R alone")
         if hp.stage_epochs[0] == 0 and hp.pretrained is None and trainer.ckpt_path is None:
             raise InputValueError("stage_epochs[0] = 0 skips stage 1: give a stage-1 ISGAN "
                                   "checkpoint as pretrained (E_R would start untrained)")
@@ -287,12 +278,8 @@ class ISGAN(ReIDModule):
             module.train(self.stage != 2)
         optimizers = self.optimizers()
         opt_g, opt_d = (optimizers, None) if not isinstance(optimizers, list) else optimizers
-        # positives, part masks, noise, codes, dropout, erasing and noisy labels are drawn
-        # from a generator seeded by (seed, rank, iteration), not from the global stream
-        # that data loading shares: a run resumed inside an epoch draws what it would have
-        seed = int(self.step_seed) + 1_000_003 * self.global_rank + int(self.iteration)
-        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-            torch.manual_seed(seed)
+        # positives, part masks, noise, codes, dropout, erasing and noisy labels
+        with seeded_step(self, images.device):
             logs = (self.stage_one_step(images, pids, opt_g) if self.stage == 1
                     else self.adversarial_step(images, pids, opt_g, opt_d))
         self.iteration += 1

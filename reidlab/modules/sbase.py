@@ -313,11 +313,12 @@ class SBase(ReIDModule):
 
     @torch.no_grad()
     def on_pseudo_labels(self, labels: np.ndarray, centers: torch.Tensor,
-                         features: torch.Tensor) -> None:
+                         features: torch.Tensor, epoch: int | None = None) -> None:
         """New clustering: re-initialise the target classifier from the normalised cluster
         centres of the BNNeck feature it is applied to (``features`` are the clustering
         features f', mapped by the neck under the target's statistics; ``centers`` of f' are
-        not used) and drop its optimizer state; remember the labels for the memory loss."""
+        not used) and drop its optimizer state; remember the labels for the memory loss
+        (for whichever ``epoch`` they are: SBase re-clusters every epoch)."""
         if self.target_classifier is None:
             self.build_target(len(labels))
         if self._trainer is not None and self.trainer.world_size > 1:

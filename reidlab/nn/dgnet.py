@@ -271,3 +271,23 @@ class AppearanceEncoder(nn.Module):
         pooled = F.adaptive_max_pool2d(fmap, 1).flatten(1)
         return {"code": code, "global": pooled, "primary": self.primary(pooled),
                 "fine": self.fine(pooled)}
+
+
+class Generator(nn.Module):
+    """One domain's generator: its :class:`StructureEncoder` and its :class:`Decoder`
+    (DG-Net has one; DG-Net++ one per domain, both started from DG-Net's)."""
+
+    def __init__(self, appearance_dim: int, structure_channels: Sequence[int] = (16, 32, 32, 64),
+                 code_channels: int = 128, blocks: int = 4, mlp_hidden: int = 512,
+                 up_channels: Sequence[int] = (64, 32)) -> None:
+        super().__init__()
+        self.structure_encoder = StructureEncoder(structure_channels, code_channels, blocks)
+        self.decoder = Decoder(appearance_dim, code_channels, blocks, mlp_hidden, up_channels)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The structure code of ``images``."""
+        return self.structure_encoder(images)
+
+    def decode(self, structure: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """The image with ``structure`` and ``appearance``."""
+        return self.decoder(structure, appearance)
