@@ -30,7 +30,7 @@ from reidlab.modules import Baseline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import write_section  # noqa: E402
-from uda_synthetic import CONFIGS, DIRECTIONS, direct_transfer_path, swap_domains  # noqa: E402
+from uda_synthetic import CONFIGS, DIRECTIONS, checkpoint_path, swap_domains  # noqa: E402
 
 SECTION = "## First pseudo-labels on the synthetic pair"
 KEYS = ("num_clusters", "outlier_fraction", "ari", "pair_precision", "pair_recall")
@@ -72,7 +72,7 @@ def main() -> None:
         sources = {"imagenet": [Baseline(num_classes=1, **(config | {"test_feature": "pooled"}))]}
         sources["direct_transfer"] = []
         for seed in args.seeds:
-            ckpt = direct_transfer_path(reverse, seed, args.ckpt_dir)
+            ckpt = checkpoint_path("direct_transfer", reverse, seed, args.ckpt_dir)
             if not ckpt.exists():
                 print(f"skipping {ckpt}: run benchmarks/uda_synthetic.py first")
                 continue

@@ -15,8 +15,10 @@ direct-transfer model with its BatchNorm statistics re-estimated on the target's
 images, nothing else trained: the reference every UDA row must beat) and ``oracle`` (the
 Baseline trained on the target's labels). ``imagenet`` and ``adabn`` train nothing: they
 run ``reidlab validate``. Rows whose model has ``pretrained: null`` (SBase, DCDFA, ARN)
-and ``adabn`` start from the direct-transfer Baseline of the same direction and seed: its
-checkpoint is kept in ``--ckpt-dir`` and trained first when missing.
+and ``adabn`` start from the direct-transfer Baseline of the same direction and seed, and
+``teacher: null`` (DG-Net, DG-Net++) is that Baseline too; DG-Net++'s ``pretrained`` is
+the ``dgnet`` row's checkpoint (:data:`PRETRAINED_ROW`). These checkpoints are kept in
+``--ckpt-dir`` and trained first when missing.
 
 Writes a markdown table (mAP, rank-1/5/10 as mean +- std over seeds, wall time per run)
 to stdout, to ``docs/benchmarks/uda_synthetic.json`` (raw numbers, with the pseudo-label
@@ -58,6 +60,10 @@ METRICS = ("mAP", "rank1", "rank5", "rank10")
 # direct-transfer checkpoint of the same direction and seed
 VALIDATE_ROWS = {"imagenet": None, "adabn": "direct_transfer"}
 REFERENCE_ROWS = ("imagenet", "direct_transfer", "adabn", "oracle")
+# the row whose checkpoint a model's `pretrained: null` means (by model class; default:
+# the direct-transfer Baseline), and the rows whose checkpoints are kept (-> their inputs)
+PRETRAINED_ROW = {"reidlab.modules.DGNetPP": "dgnet"}
+CHECKPOINT_ROWS = {"direct_transfer": (), "dgnet": ("direct_transfer",)}
 
 
 def swap_domains(value):
@@ -73,24 +79,35 @@ def swap_domains(value):
     return value
 
 
-def direct_transfer_path(reverse: bool, seed: int, ckpt_dir: Path) -> Path:
-    """Named after the direction, the seed and a hash of ``direct_transfer.yaml`` (and the
-    generator version), so a checkpoint of another regime is never picked up."""
+def config_tag(row: str) -> bytes:
+    """The row's config and those of the checkpoints it starts from."""
+    return (CONFIGS / f"{row}.yaml").read_bytes() + b"".join(
+        config_tag(dep) for dep in CHECKPOINT_ROWS.get(row, ()))
+
+
+def checkpoint_path(row: str, reverse: bool, seed: int, ckpt_dir: Path) -> Path:
+    """Named after the row, the direction, the seed and a hash of the configs behind it (and
+    the generator version), so a checkpoint of another regime is never picked up."""
     from reidlab.datasets.synthetic import GENERATOR_VERSION
 
     direction = next(d for d, r in DIRECTIONS.items() if r == reverse)
-    config = (CONFIGS / "direct_transfer.yaml").read_bytes() + str(GENERATOR_VERSION).encode()
-    tag = hashlib.sha1(config).hexdigest()[:8]
-    return ckpt_dir / f"direct_transfer_{direction.replace('->', '_to_')}_seed{seed}_{tag}.ckpt"
+    tag = hashlib.sha1(config_tag(row) + str(GENERATOR_VERSION).encode()).hexdigest()[:8]
+    return ckpt_dir / f"{row}_{direction.replace('->', '_to_')}_seed{seed}_{tag}.ckpt"
+
+
+def row_checkpoint(row: str, reverse: bool, seed: int, ckpt_dir: Path) -> Path:
+    """The checkpoint of a :data:`CHECKPOINT_ROWS` row for one direction and seed, trained
+    when missing."""
+    path = checkpoint_path(row, reverse, seed, ckpt_dir)
+    if not path.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            run_once(row, reverse, seed, None, Path(tmp), ckpt_dir)
+    return path
 
 
 def direct_transfer_checkpoint(reverse: bool, seed: int, ckpt_dir: Path) -> Path:
     """The direct-transfer Baseline of one direction and seed, trained when missing."""
-    path = direct_transfer_path(reverse, seed, ckpt_dir)
-    if not path.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            run_once("direct_transfer", reverse, seed, None, Path(tmp), ckpt_dir)
-    return path
+    return row_checkpoint("direct_transfer", reverse, seed, ckpt_dir)
 
 
 def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Path,
@@ -105,7 +122,10 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         config["data"] = swap_domains(config["data"])
     model_args = config["model"].setdefault("init_args", {})
     if "pretrained" in model_args and not model_args["pretrained"]:
-        model_args["pretrained"] = str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))
+        source = PRETRAINED_ROW.get(config["model"]["class_path"], "direct_transfer")
+        model_args["pretrained"] = str(row_checkpoint(source, reverse, seed, ckpt_dir))
+    if "teacher" in model_args and not model_args["teacher"]:
+        model_args["teacher"] = str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))
     config["seed_everything"] = seed
     config.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
     trainer_cfg = config.setdefault("trainer", {})
@@ -128,9 +148,9 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
                      save_config_callback=None, args=command)
     seconds = time.perf_counter() - start
-    if row == "direct_transfer" and epochs is None:  # the start of the UDA rows
+    if row in CHECKPOINT_ROWS and epochs is None:  # the start of other rows
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        cli.trainer.save_checkpoint(direct_transfer_path(reverse, seed, ckpt_dir))
+        cli.trainer.save_checkpoint(checkpoint_path(row, reverse, seed, ckpt_dir))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
     result = {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}
     labeler = next((c for c in cli.trainer.callbacks if isinstance(c, PseudoLabeling)), None)

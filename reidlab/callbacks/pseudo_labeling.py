@@ -43,8 +43,8 @@ class PseudoLabeling(pl.Callback):
        dataset indices and de-duplicated (:func:`~reidlab.callbacks.features.collect_features`);
     2. rank 0 clusters: k-reciprocal Jaccard distance (k1, k2), the full re-ranked
        distance (k1, k2, lambda_value; :func:`~reidlab.clustering.reranked_distance`) or
-       cosine distance, then DBSCAN (eps, min_samples) or agglomerative clustering; outliers get -1; the labels
-       are broadcast;
+       cosine distance, then DBSCAN (eps, min_samples) or agglomerative clustering;
+       outliers get -1; the labels are broadcast;
     3. the labels go to ``datamodule.set_pseudo_labels`` (the next epoch's loader uses them;
        train with ``reload_dataloaders_every_n_epochs=1``) and to
        ``module.on_pseudo_labels(labels, centers, features, epoch=...)`` with the cluster

@@ -1,6 +1,6 @@
-"""Clustering for pseudo-labels: k-reciprocal Jaccard and re-ranked distances (sparse), neighbour search,
-DBSCAN / agglomerative wrappers, relabelling, cluster centres and the Jaccard similarity
-of classification scores."""
+"""Clustering for pseudo-labels: k-reciprocal Jaccard and re-ranked distances (sparse),
+neighbour search, DBSCAN / agglomerative wrappers, relabelling, cluster centres and the
+Jaccard similarity of classification scores."""
 
 from reidlab.clustering.cluster import (
     agglomerative,

@@ -13,4 +13,5 @@ from reidlab.modules.sbase import SBase
 METHODS = {"baseline": Baseline, "sbase": SBase, "dcdfa": DCDFA, "iics": IICS, "arn": ARN,
            "isgan": ISGAN, "dgnet": DGNet, "dgnetpp": DGNetPP}
 
-__all__ = ["ARN", "DCDFA", "DGNet", "DGNetPP", "IICS", "ISGAN", "METHODS", "Baseline", "ReIDModule", "SBase"]
+__all__ = ["ARN", "DCDFA", "DGNet", "DGNetPP", "IICS", "ISGAN", "METHODS", "Baseline",
+           "ReIDModule", "SBase"]
