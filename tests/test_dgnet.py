@@ -168,6 +168,12 @@ def test_dgnet_trains_on_pairs_and_refuses_a_missing_teacher(tmp_path, teacher):
     assert not any(k.startswith("teacher") for k in model.state_dict())
     with pytest.raises(InputValueError, match="needs teacher"):
         tiny_trainer(tmp_path).fit(DGNet(num_classes=8, **NET), dm)
+    plain = ReIDDataModule(dataset="synthetic:mall", dataset_kwargs=TINY, height=64, width=32,
+                           num_workers=0)
+    with pytest.raises(InputValueError, match="needs image pairs"):
+        tiny_trainer(tmp_path).fit(DGNet(num_classes=8, w_teacher=0, **NET), plain)
+    with pytest.raises(InputValueError, match=r"\[1, 0, 0, 0\]"):
+        tiny_trainer(tmp_path).fit(DGNet(num_classes=8, w_teacher=0, **NET), cross_dm())
 
 
 # -- DG-Net++ rounds, resume, precision, DDP ----------------------------------------------

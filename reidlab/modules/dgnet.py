@@ -209,6 +209,23 @@ class DGNet(ReIDModule):
     def uses_teacher(self) -> bool:
         return self.hparams.w_teacher > 0
 
+    def setup(self, stage: str) -> None:
+        """Refuse data it cannot train on, before anything runs."""
+        if stage != "fit" or self._trainer is None:
+            return
+        hparams = getattr(self.trainer.datamodule, "hparams", {})
+        if hparams.get("batches") == "domain_pairs":
+            weights = list(hparams.get("batch_type_weights", ()))
+            if any(weights[1:]):
+                raise InputValueError(
+                    f"DGNet trains on the source alone, but the DataModule's "
+                    f"batch_type_weights={weights} draw target batches: set them to "
+                    "[1, 0, 0, 0] (or train DGNetPP)")
+        elif hparams.get("sampler") != "pairs":
+            raise InputValueError("DGNet needs image pairs: ReIDDataModule(sampler='pairs') or "
+                                  "CrossDomainDataModule(batches='domain_pairs', "
+                                  "batch_type_weights=[1, 0, 0, 0])")
+
     def on_fit_start(self) -> None:
         check_manual_gan_trainer(self.trainer, type(self).__name__,
                                  "each training step has a discriminator-only backward and a "

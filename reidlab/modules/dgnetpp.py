@@ -208,7 +208,7 @@ class DGNetPP(DGNet):
 
     def setup(self, stage: str) -> None:
         """Refuse a fit it cannot run, before the first clustering."""
-        if stage != "fit":
+        if stage != "fit" or self._trainer is None:
             return
         trainer = self.trainer
         hparams = getattr(trainer.datamodule, "hparams", {})
@@ -231,8 +231,9 @@ class DGNetPP(DGNet):
         return domain == 0 or (self.round or 0) >= 1
 
     def joint_labels(self, pids: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
-        """Source ids first, then the clusters: ``pid + domain x num_source_classes``."""
-        return pids + domains * self.num_source_classes
+        """Source ids first, then the clusters: ``pid + domain x num_source_classes``
+        (unlabelled samples stay -1)."""
+        return torch.where(pids >= 0, pids + domains * self.num_source_classes, pids)
 
     def teacher_active(self) -> bool:
         return self.round == 0 and self.hparams.w_teacher > 0
