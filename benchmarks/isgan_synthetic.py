@@ -173,9 +173,18 @@ MGN-style (8 part features, 4 ids x 4 images, 20 epochs of 40 batches), so "vs B
 measures architecture and schedule, not IS-GAN's losses: on these synthetic people, whose
 upper and lower clothing differ in colour and pattern, part features are strong. The
 paper's Baseline row is E_R alone as well (84.1 mAP on Market-1501, against BoT's 85.9).
-The same holds across domains: the full model's direct transfer (seed 0: 48.7 / 68.2 mAP)
-is far above the BoT Baseline's (15.8 / 32.3) and level with or above the UDA rows of
-"Synthetic domain pair", a sign that the BoT reference is weak on this data (issues 11-12)."""
+The same holds across domains: the full model's direct transfer (50.5 / 67.8 mAP) is far
+above the BoT Baseline's (15.8 / 32.3) and level with or above the UDA rows of "Synthetic
+domain pair", a sign that the BoT reference is weak on this data (issues 11-12).
+
+Orderings, paired by seed (the rows after the first share its stage 1, so a difference
+within a seed is the losses' effect): + L_U + L_S beats E_R only on every seed and domain
+(+0.9 / +1.0 / +2.2 mAP on mall, +1.3 / +1.3 / +1.2 on street), the paper's main step.
++ L_PS equals + L_U + L_S within 0.03 mAP on all six runs: the part-shuffled generations
+train E_U and G, and reach E_R only through stage 3 (4 epochs at lr 2e-5), which is too
+short to move it here; the paper's own gain is +0.6 mAP. The full model adds +0.0 / +0.2 /
++0.1 on mall and +0.3 / -1.1 / +0.6 on street: level within the seed spread (±1.0-1.3),
+as in the paper, whose Table 2 is not strictly monotone either."""
 
 
 def write_docs(results: dict) -> None:
