@@ -7,6 +7,10 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # share the cores among the workers: torch's
+    # default (all cores in every worker) oversubscribes them, and small ops then wait
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def write_market_tree(top: Path, train_ids=6, test_ids=4, cams=3, per_cam=2, size=(32, 16),
