@@ -4,7 +4,9 @@ import torch
 
 from reidlab.callbacks import RetrievalEvaluation
 from reidlab.datamodules import ReIDDataModule
+from reidlab.datasets import ReIDImageDataset
 from reidlab.losses import batch_hard_triplet_loss
+from reidlab.metrics import evaluate_from_features
 from reidlab.modules import Baseline
 
 TINY = {"num_train_ids": 16, "num_test_ids": 12, "images_per_id": 8, "height": 64, "width": 32}
@@ -52,22 +54,34 @@ def test_last_stride_one_doubles_the_map():
         assert s2.backbone(images).shape[-2:] == (2, 1)
 
 
+def train_set_map(model: Baseline, dm: ReIDDataModule) -> float:
+    """mAP of the training images retrieving each other (test transform, cosine)."""
+    records = dm.data.train
+    dataset = ReIDImageDataset(records, dm.test_transform)
+    feats = model.extract_features(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    pids, cams = [r.pid for r in records], [r.camid for r in records]
+    return float(evaluate_from_features(feats, feats, pids, pids, cams, cams,
+                                        metric="cosine")["mAP"])
+
+
 def test_training_beats_untrained_and_checkpoint_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDLAB_CACHE", str(tmp_path / "cache"))
     pl.seed_everything(0)
     dm = ReIDDataModule("synthetic:mall", dataset_kwargs=TINY, height=64, width=32,
-                        num_ids=8, num_instances=4, num_workers=0, eval_batch_size=64)
-    # a quarter-width ResNet-18 for 12 epochs: +0.06 mAP here; the full width for 4 epochs
-    # gained 0.016-0.05 depending on the CPU's kernels, too close to the noise
+                        num_ids=8, num_instances=4, num_workers=0, eval_batch_size=64,
+                        iters_per_epoch=20)
+    dm.prepare_data()
+    # retrieval among the training images: a random-init net does not generalise to the
+    # 12 unseen test ids in a few epochs (their mAP moved by less than the noise, either
+    # way, with the thread count), but it learns its training ids (0.17 -> 0.6-0.7 here)
     model = Baseline(num_classes=dm.num_classes, backbone="resnet18", weights=None,
                      backbone_width=0.25, warmup_epochs=0, lr=1e-3)
-    trainer, evaluation = make_trainer(tmp_path, max_epochs=12)
-    trainer.validate(model, datamodule=dm)
-    untrained = evaluation.last["mAP"]
+    untrained = train_set_map(model, dm)
+    trainer, evaluation = make_trainer(tmp_path, max_epochs=6, check_val_every_n_epoch=6)
     trainer.fit(model, datamodule=dm)
-    trained = evaluation.last["mAP"]
-    print(f"untrained mAP {untrained:.3f}, trained {trained:.3f}")
-    assert trained > untrained + 0.02, (untrained, trained)
+    trained = train_set_map(model, dm)
+    assert trained > untrained + 0.2, (untrained, trained)
+    assert 0 < evaluation.last["mAP"] <= 1  # the held-out query / gallery evaluation ran
 
     ckpt = tmp_path / "model.ckpt"
     trainer.save_checkpoint(ckpt)
