@@ -12,7 +12,7 @@ from reidlab.callbacks import InterruptCheckpoint, PseudoLabeling, TrainingInter
 from reidlab.cli import main as cli_main
 from reidlab.clustering import reranked_distance
 from reidlab.datamodules import CrossDomainDataModule, ReIDDataModule
-from reidlab.errors import InputValueError
+from reidlab.errors import InputFileError, InputValueError, MissingFileError
 from reidlab.metrics import pairwise_distance, re_ranking
 from reidlab.modules import Baseline, DGNet, DGNetPP
 from tests.helpers import ROOT, SendSignal, assert_same_state, run_script
@@ -168,6 +168,13 @@ def test_dgnet_trains_on_pairs_and_refuses_a_missing_teacher(tmp_path, teacher):
     assert not any(k.startswith("teacher") for k in model.state_dict())
     with pytest.raises(InputValueError, match="needs teacher"):
         tiny_trainer(tmp_path).fit(DGNet(num_classes=8, **NET), dm)
+    with pytest.raises(MissingFileError, match="nope.ckpt does not exist"):
+        model.load_teacher(str(tmp_path / "nope.ckpt"))
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(InputFileError, match="junk.ckpt as a reidlab Baseline"):
+        model.load_teacher(str(tmp_path / "junk.ckpt"))
+    with pytest.raises(InputValueError, match="classifies 8 identities, but the source has 5"):
+        DGNet(num_classes=5, w_teacher=0, **NET).load_teacher(teacher)
     plain = ReIDDataModule(dataset="synthetic:mall", dataset_kwargs=TINY, height=64, width=32,
                            num_workers=0)
     with pytest.raises(InputValueError, match="needs image pairs"):

@@ -34,6 +34,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -43,7 +44,7 @@ from torch import nn
 from torch.func import functional_call
 
 from reidlab.callbacks.generations import GenerationGrid
-from reidlab.errors import InputValueError
+from reidlab.errors import InputFileError, InputValueError, MissingFileError
 from reidlab.losses.dgnet import (
     lsgan_discriminator_loss,
     lsgan_generator_loss,
@@ -56,12 +57,10 @@ from reidlab.modules.base import (
     register_step_state,
     seeded_step,
 )
+from reidlab.modules.baseline import Baseline
 from reidlab.modules.isgan import denormalize
 from reidlab.nn import build_backbone
 from reidlab.nn.dgnet import AppearanceEncoder, Generator, ImageDiscriminator
-
-#: the loss weights ramped up from 0 after ``ramp_start`` iterations
-RAMPED = ("structure", "appearance", "cycle", "teacher")
 
 
 @dataclass
@@ -123,7 +122,8 @@ class DGNet(ReIDModule):
         w_teacher, w_teacher_fine: teacher KL weight and the fine-grained mining factor
             inside it (2, 0.2).
         r1_weight: R1 penalty on real images (0.01).
-        ramp_start: iteration after which the ramped weights (:data:`RAMPED`) grow (30k).
+        ramp_start: iteration after which the structure, appearance, cycle and teacher
+            weights grow from 0 (30k).
         ramp_iterations: iterations from 0 to their full value (linear; METHODS.md gives no
             rate: 4k here).
     """
@@ -235,20 +235,18 @@ class DGNet(ReIDModule):
 
     def load_teacher(self, path: str | None) -> nn.Module:
         """The frozen source-trained Baseline, on this module's device, in eval mode."""
-        from reidlab.modules.baseline import Baseline  # noqa: PLC0415 (a sibling module)
-
         name = type(self).__name__
         if path is None:
             raise InputValueError(f"{name} needs teacher: a reidlab Baseline checkpoint trained "
                                   "on the source (or w_teacher: 0)")
+        if not Path(path).is_file():
+            raise MissingFileError(f"the teacher checkpoint {path} does not exist (expected a "
+                                   "reidlab Baseline trained on the source)")
         try:
             model = Baseline.load_from_checkpoint(path, map_location="cpu")
-        except FileNotFoundError as err:
-            raise InputValueError(f"the teacher checkpoint {path} does not exist (expected a "
-                                  "reidlab Baseline trained on the source)") from err
-        except (KeyError, TypeError, RuntimeError) as err:
-            raise InputValueError(f"{path} is not a reidlab Baseline checkpoint: "
-                                  f"{type(err).__name__}: {err}") from err
+        except Exception as err:  # pickle / zip errors, or another module's checkpoint
+            raise InputFileError(f"cannot read the teacher {path} as a reidlab Baseline "
+                                 f"checkpoint: {type(err).__name__}: {err}") from err
         if model.hparams.num_classes != self.num_source_classes:
             raise InputValueError(f"the teacher {path} classifies {model.hparams.num_classes} "
                                   f"identities, but the source has {self.num_source_classes}: "
