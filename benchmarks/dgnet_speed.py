@@ -48,6 +48,14 @@ SIZES = {"cpu": dict(height=96, width=48,
          "paper": dict(height=256, width=128, model=dict(backbone="resnet50"))}
 ROUNDS = {0: "round 0 (alignment)", 1: "self-training"}
 SECTION = "## DG-Net++ training cost"
+NOTES = """The architecture of `examples/configs/synthetic/dgnet.yaml` (MobileNetV2 E_a at 96 x 48,
+structure encoder, decoder and discriminator at half the authors' width). A round-0 step
+is one image-discriminator update (LSGAN + R1), one domain-discriminator update and one
+update of the generators and E_a with the teacher's two passes; a self-training step has
+no domain discriminator and no teacher. bf16 on CPU: see "IS-GAN training cost". The
+authors report about 15 GB of GPU memory in fp32 at batch 8 (ResNet-50, 256 x 128);
+`python benchmarks/dgnet_speed.py --size paper` measures images / s and the peak memory
+per GPU there (not measured: no GPU was lent to this task)."""
 SOURCE = dict(num_train_ids=250, num_test_ids=20, images_per_id=20)
 TARGET = dict(num_train_ids=50, num_test_ids=20, images_per_id=20)  # a short clustering
 
@@ -84,7 +92,8 @@ def run(size: str, precision: str, steps: int, warmup: int, workdir: str) -> Pha
 def main() -> None:
     args = arguments(__doc__, steps=10, what="round").parse_args()
     measure(args, run, "round", ROUNDS, 16, "8 + 8 images with their positives per step",
-            SECTION, "measures images/s and GPU memory per GPU at 256 x 128 on a CUDA device")
+            SECTION, "measures images/s and GPU memory per GPU at 256 x 128 on a CUDA device",
+            NOTES)
 
 
 if __name__ == "__main__":

@@ -89,12 +89,25 @@ def arguments(doc: str, steps: int, what: str) -> argparse.ArgumentParser:
     return parser
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has native bf16 (AVX-512 BF16 / AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "CPU")
+    native = any(flag in info for flag in ("avx512_bf16", "amx_bf16"))
+    return f"{name}, {'with' if native else 'without'} native bf16"
+
+
 def measure(args: argparse.Namespace, run: Callable[..., PhaseTimer], label: str,
             phases: dict[int, str], batch: int, batch_note: str, section: str,
-            paper_note: str) -> None:
+            paper_note: str, notes: str = "") -> None:
     """Alternate fp32 and bf16 runs ``args.repeats`` times, print the table and (CPU size)
-    write it into ``section`` of docs/benchmarks.md. ``run(size, precision, steps, warmup,
-    workdir)`` is one fit. Without a GPU, ``--size paper`` prints ``paper_note`` and stops."""
+    write it, after ``notes``, into ``section`` of docs/benchmarks.md. ``run(size, precision,
+    steps, warmup, workdir)`` is one fit. Without a GPU, ``--size paper`` prints
+    ``paper_note`` and stops."""
     if args.size == "paper" and not torch.cuda.is_available():
         print(f"no GPU: --size paper {paper_note}, and this machine has none (run --size cpu "
               "here)")
@@ -111,12 +124,13 @@ def measure(args: argparse.Namespace, run: Callable[..., PhaseTimer], label: str
                                               workdir))
     cuda = args.size == "paper"
     device = (torch.cuda.get_device_name() if cuda
-              else f"CPU, {torch.get_num_threads()} threads")
+              else f"{cpu_description()}, {torch.get_num_threads()} threads")
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     load = os.getloadavg()[0]
     body = (f"`{command}` ({device}; {os.cpu_count()} cores, load average {load:.1f} at the "
             f"end; medians of {args.repeats} x {args.steps - args.warmup} steps per "
-            f"{label}; {batch_note})\n\n" + cost_table(label, phases, results, batch, cuda))
+            f"{label}; {batch_note})\n\n" + (notes + "\n\n" if notes else "")
+            + cost_table(label, phases, results, batch, cuda))
     print(body)
     if not args.no_docs and not cuda:
         write_section(f"{section}\n\n" + body + "\n")

@@ -38,6 +38,16 @@ SIZES = {
                   data=dict(height=384, width=128)),
 }
 SECTION = "## IS-GAN training cost"
+NOTES = """The CPU size of `examples/configs/synthetic/isgan.yaml` (MobileNetV2 at 96 x 48, G at
+1/4 and D at 1/2 width). Stage 2 adds E_U, G and D (trunk and E_R frozen: no backward
+through them), stage 3 the backward through everything. bf16-mixed is for GPUs: on a CPU
+with native bf16 (AVX-512 BF16 / AMX, as here) it runs at about fp32's speed, on one
+without (the machine of the first measurement) about 10x slower; and oneDNN's bf16
+convolution gave non-finite outputs for some small inputs on this CPU (tests run bf16 on
+ATen's kernels, `tests/conftest.py`): on CPU, train in fp32. Peak RSS is the process's,
+sampled during the stage. On a GPU machine, `python benchmarks/isgan_speed.py --size
+paper` gives images / s and peak GPU memory at 384 x 128 with ResNet-50 (not measured: no
+GPU was lent to this task)."""
 
 
 def run(size: str, precision: str, steps: int, warmup: int, workdir: str) -> PhaseTimer:
@@ -63,7 +73,7 @@ def run(size: str, precision: str, steps: int, warmup: int, workdir: str) -> Pha
 def main() -> None:
     args = arguments(__doc__, steps=12, what="stage").parse_args()
     measure(args, run, "stage", {1: "1", 2: "2", 3: "3"}, 16, "batch 4 ids x 4", SECTION,
-            "measures images/s and GPU memory at 384 x 128 on a CUDA device")
+            "measures images/s and GPU memory at 384 x 128 on a CUDA device", NOTES)
 
 
 if __name__ == "__main__":
