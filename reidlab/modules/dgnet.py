@@ -463,10 +463,9 @@ class DGNet(ReIDModule):
         structure provider's label (x_ba: b's, x_ab: a's)."""
         hp = self.hparams
         fakes = fakes.detach()
-        with torch.no_grad():
-            teacher = self.teacher_model
-            probs = (teacher(fakes)["logits"].float().softmax(1)
-                     + teacher(fakes.flip(-1))["logits"].float().softmax(1)) / 2
+        with torch.no_grad():  # the generations and their mirrors in one pass (eval mode)
+            both = self.teacher_model(torch.cat([fakes, fakes.flip(-1)]))["logits"]
+            probs = both.float().softmax(1).view(2, len(fakes), -1).mean(0)
         student = self.appearance_encoder(fakes)
         active = self.active_classes
         loss = teacher_kl_loss(student["primary"][1][:, :active], probs)

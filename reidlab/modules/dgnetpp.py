@@ -11,9 +11,9 @@ source-target, target-source), so appearance crosses domains: ``x_ba = G_b(s_b, 
 
 Training runs in rounds (:meth:`DGNetPP.round_at`, by epoch), each starting with a
 re-clustering of the target (:class:`~reidlab.callbacks.PseudoLabeling` with DG-Net++'s
-settings: the flip-summed head features, k-reciprocal re-ranked distance, DBSCAN eps 0.45 /
-min_samples 7), new classifier layers over source ids + clusters (a fixed capacity), a new
-domain discriminator and new optimizers:
+settings: the test feature, i.e. the flip-summed head features, k-reciprocal re-ranked
+distance, DBSCAN eps 0.45 / min_samples 7), new classifier layers over source ids +
+clusters (a fixed capacity), a new domain discriminator and new optimizers:
 
 - round 0, adversarial alignment: target images are the clustering inliers, their labels
   unused; the domain discriminator on E_a's global feature (LSGAN, source 0 / target 1)
@@ -218,10 +218,6 @@ class DGNetPP(DGNet):
         if trainer.reload_dataloaders_every_n_epochs != 1:
             raise InputValueError("DGNetPP needs Trainer(reload_dataloaders_every_n_epochs=1): "
                                   "every round changes the pseudo-labels and batch types")
-
-    def clustering_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The test feature (flip-summed, normalised heads): DG-Net++ clusters with it."""
-        return self.extract_features(images)
 
     # -- the pieces of DG-Net it changes --------------------------------------------------
     def generator_for(self, domain: int):
