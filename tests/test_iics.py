@@ -4,6 +4,7 @@ the stage schedule, a CLI fit of one round and resume inside a round."""
 import csv
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from reidlab.callbacks import IICSStages
 from reidlab.cli import main
 from reidlab.clustering import agglomerative, score_jaccard
+from reidlab.clustering.scores import l1_distances
 from reidlab.datamodules import CrossDomainDataModule
 from reidlab.modules import IICS, Baseline
 from tests.helpers import assert_same_state, synthetic_cli_args
@@ -42,6 +44,26 @@ def test_score_jaccard_matches_the_min_max_formula():
     torch.testing.assert_close(torch.diagonal(score_jaccard(s, s)), torch.ones(6))
     with pytest.raises(ValueError, match="scores"):
         score_jaccard(a, b[:, :3])
+
+
+def test_l1_kernel_matches_cdist_across_block_edges():
+    """The CPU kernel works in tasks of 4 rows x 32 columns: sizes off those multiples,
+    a strided input and both float widths against torch.cdist."""
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        a = torch.rand(38, 2 * 71, generator=gen, dtype=dtype)[:, ::2]  # not contiguous
+        b = torch.rand(67, 71, generator=gen, dtype=dtype)
+        got = l1_distances(a, b)
+        assert got.dtype == dtype and got.shape == (38, 67)
+        torch.testing.assert_close(got, torch.cdist(a[None], b[None], p=1)[0])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel follows torch's thread count and leaves numba's
+    try:
+        threads = numba.get_num_threads()
+        torch.testing.assert_close(l1_distances(a, b), torch.cdist(a[None], b[None], p=1)[0])
+        assert numba.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _model(cameras, capacities, inter=4, **kw) -> IICS:
