@@ -79,6 +79,36 @@ def test_dcdfa_test_feature_is_the_teachers_pooled_feature():
     assert model.hparams.reduction == 8 and model.hparams.num_classes == 8
 
 
+def test_neck_batch_norm_by_hand_and_under_bf16_autocast():
+    """DCDFA's BN of recomposed features: (x - mean_ref) / sqrt(var_ref + eps) * w + b with
+    the reference batch's biased statistics, also for half-precision features under CPU
+    autocast (the CPU batch_norm refuses bf16 input next to float32 statistics)."""
+    model = DCDFA(num_classes=8, **NET)
+    bn = model.neck.bn
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(bn.weight.shape, generator=gen) + 0.5)
+        bn.bias.copy_(torch.randn(bn.bias.shape, generator=gen))
+    dim = bn.weight.shape[-1]
+    feats, ref = torch.randn(5, dim, generator=gen), torch.randn(7, dim, generator=gen) * 2 + 1
+    weight, bias = bn.weight.detach(), bn.bias.detach()
+    if weight.dim() == 2:  # per-domain affine parameters
+        weight, bias = weight[0], bias[0]
+
+    def by_hand(x, r):
+        x, r = x.double(), r.double()
+        mean, var = r.mean(0), r.var(0, unbiased=False)
+        return (x - mean) / torch.sqrt(var + bn.eps) * weight.double() + bias.double()
+
+    got = model.neck_batch_norm(feats, 0, statistics_of=ref)
+    torch.testing.assert_close(got.double(), by_hand(feats, ref), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model.neck_batch_norm(feats.bfloat16(), 0, statistics_of=ref.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.double(), by_hand(feats.bfloat16(), ref.bfloat16()),
+                               rtol=2e-2, atol=2e-2)
+
+
 def test_fit_hands_pseudo_labels_to_datamodule_module_and_memory(tmp_path):
     dm = tiny_dm()
     model = SBase(num_classes=8, **NET)

@@ -378,14 +378,18 @@ class SBase(ReIDModule):
         """The neck's BN with ``domain``'s affine parameters applied to features that are
         not a real batch of the domain (DCDFA's bases and recompositions): normalised with
         the batch statistics of ``statistics_of`` (default: ``feats`` itself; used as
-        constants), without touching any running statistics."""
+        constants), without touching any running statistics; computed in float32."""
         bn = self.neck.bn
         weight, bias = bn.weight, bn.bias
         if isinstance(bn, DomainBatchNorm) and bn.per_domain_affine:
             weight, bias = weight[domain], bias[domain]
-        ref = (feats if statistics_of is None else statistics_of).detach()
+        ref = (feats if statistics_of is None else statistics_of).detach().float()
         mean, var = ref.mean(0), ref.var(0, unbiased=False)
-        return F.batch_norm(feats, mean, var, weight, bias, False, 0.0, bn.eps)
+        # in float32: under bf16 / fp16 autocast the features are half precision, which
+        # the CPU's batch_norm refuses next to float32 parameters
+        out = F.batch_norm(feats.float(), mean, var, weight.float(), bias.float(), False, 0.0,
+                           bn.eps)
+        return out.to(feats.dtype)
 
     def target_logits(self, bn: torch.Tensor) -> torch.Tensor:
         return bn @ self.target_classifier[: int(self.num_target_clusters)].T
