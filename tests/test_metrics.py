@@ -254,6 +254,30 @@ def test_re_ranking_matches_dense_reference(k1, k2, lam, nq, ng, asym):
         assert np.abs(expected - q_g).max() > 1e-2
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("chunk_size", [7, 64, None])
+def test_symmetric_ranking_equals_the_row_by_row_ranking(metric, chunk_size):
+    """Features: each block of rows also ranks the later rows through its columns. The
+    neighbour lists (in order) and the row maxima of M^2 equal the plain row-by-row ranking
+    of the dense matrix (float64: no ties)."""
+    from reidlab.metrics.functional import (
+        _FeatureSource,
+        _MatrixSource,
+        _prepare_features,
+        _ranking,
+    )
+
+    gen = torch.Generator().manual_seed(3)
+    qf = _prepare_features(torch.randn(13, 9, generator=gen, dtype=torch.float64), metric)
+    gf = _prepare_features(torch.randn(40, 9, generator=gen, dtype=torch.float64), metric)
+    dense = _MatrixSource(pairwise_distance(qf, gf, metric), pairwise_distance(qf, qf, metric),
+                          pairwise_distance(gf, gf, metric))
+    want_max, want_nbr = _ranking(dense, 11, chunk_size)
+    got_max, got_nbr = _ranking(_FeatureSource(qf, gf, metric), 11, chunk_size)
+    torch.testing.assert_close(got_nbr, want_nbr, rtol=0, atol=0)
+    torch.testing.assert_close(got_max, want_max, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_re_ranking_features_and_streaming_evaluation(metric):
     rng = np.random.default_rng(4)

@@ -431,6 +431,23 @@ class _FeatureSource:
     def rows(self, s: int, e: int) -> Tensor:
         return _dist_block(self.x[s:e], self.x, self.sq, self.metric)
 
+    def symmetric_rows(self, s: int, e: int) -> Tensor:
+        """Rows ``s:e`` of ``x`` (see :func:`_symmetric_ranking`) over columns ``s:``,
+        one matrix product: an entry and its mirror are the same number."""
+        xb, xs = self.x[s:e], self.x[s:]
+        if self.metric == "cosine":
+            one = torch.ones((), dtype=xb.dtype, device=xb.device)
+            return torch.addmm(one, xb, xs.T, alpha=-1.0)
+        return torch.addmm(self.sq[s:].unsqueeze(0), xb, xs.T, alpha=-2.0).add_(
+            self.sq[s:e, None])
+
+    def m2_of(self, x: Tensor) -> Tensor:
+        """``M^2`` in float32 of values of ``x``, through the operations of :meth:`rows`."""
+        m = x.clamp_min(0.0)
+        if self.metric == "euclidean":
+            m = m.sqrt()
+        return m.pow(2).to(torch.float32)
+
     def entries(self, i: Tensor, j: Tensor) -> Tensor:
         out = torch.empty(i.shape, dtype=self.x.dtype, device=self.x.device)
         for s in range(0, i.numel(), self._PAIR_CHUNK):
@@ -459,6 +476,8 @@ def _working_dist(m: Tensor, row_max: Tensor) -> Tensor:
 
 def _ranking(source, kmax: int, chunk_size: int | None) -> tuple[Tensor, Tensor]:
     """Row maxima of ``M^2`` and the first ``kmax`` entries of every row's ranking under ``d``."""
+    if isinstance(source, _FeatureSource):
+        return _symmetric_ranking(source, kmax, chunk_size)
     n = source.n
     row_max = torch.empty(n, dtype=torch.float32)
     nbr = torch.empty((n, kmax), dtype=torch.int64)
@@ -473,6 +492,43 @@ def _ranking(source, kmax: int, chunk_size: int | None) -> tuple[Tensor, Tensor]
         nbr[s:e] = torch.topk(d, kmax, dim=1, largest=False, sorted=True).indices
         del m2, d
     return row_max, nbr
+
+
+def _symmetric_ranking(source: _FeatureSource, kmax: int,
+                       chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """:func:`_ranking` for features, with half the matrix products: the distance matrix is
+    symmetric, so block ``s:e`` is computed against columns ``s:`` only and also serves, read
+    down its columns, the rows after ``e`` (their candidates among rows ``s:e`` merged into
+    running top-``kmax`` lists and row maxima). Rows are ranked by
+    ``x = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` (cosine: ``1 - x_i.x_j``), which orders a row as
+    ``d = M^2 / rowmax`` does; the row maxima of ``M^2`` come from the largest ``x`` of a row
+    through :meth:`_FeatureSource.m2_of`. Memory: ``chunk_size x N`` per block (at least
+    1024 rows, so the merges stay cheap) plus the ``N x kmax`` lists."""
+    n, x = source.n, source.x
+    step = max(_rows_per_chunk(n, chunk_size), min(1024, n)) if chunk_size is None else chunk_size
+    best_val = torch.full((n, kmax), float("inf"), dtype=x.dtype)
+    best_idx = torch.zeros((n, kmax), dtype=torch.int64)
+    top = torch.full((n,), float("-inf"), dtype=x.dtype)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        block = source.symmetric_rows(s, e)  # (e - s, n - s): rows s:e, columns s:
+        top[s:e] = torch.maximum(top[s:e], block.amax(1))
+        vals, idx = torch.topk(block, min(kmax, n - s), dim=1, largest=False, sorted=False)
+        vals = torch.cat([best_val[s:e], vals], 1)
+        idx = torch.cat([best_idx[s:e], idx + s], 1)
+        order = torch.topk(vals, kmax, dim=1, largest=False, sorted=True).indices
+        best_idx[s:e] = idx.gather(1, order)
+        if e < n:  # columns e: are rows e: of the symmetric matrix
+            later = block[:, e - s:].T
+            top[e:] = torch.maximum(top[e:], later.amax(1))
+            vals, idx = torch.topk(later, min(kmax, e - s), dim=1, largest=False, sorted=False)
+            vals = torch.cat([best_val[e:], vals], 1)
+            idx = torch.cat([best_idx[e:], idx + s], 1)
+            kept = torch.topk(vals, kmax, dim=1, largest=False, sorted=False)
+            best_val[e:], best_idx[e:] = kept.values, idx.gather(1, kept.indices)
+        del block
+    m2 = source.m2_of(top)
+    return torch.where(m2 > 0, m2, torch.ones_like(m2)), best_idx
 
 
 def _jaccard_chunks(
