@@ -478,6 +478,11 @@ def _ranking(source, kmax: int, chunk_size: int | None) -> tuple[Tensor, Tensor]
     """Row maxima of ``M^2`` and the first ``kmax`` entries of every row's ranking under ``d``."""
     if isinstance(source, _FeatureSource):
         return _symmetric_ranking(source, kmax, chunk_size)
+    return _row_ranking(source, kmax, chunk_size)
+
+
+def _row_ranking(source, kmax: int, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """:func:`_ranking` a block of whole rows of ``M`` at a time (any source)."""
     n = source.n
     row_max = torch.empty(n, dtype=torch.float32)
     nbr = torch.empty((n, kmax), dtype=torch.int64)
