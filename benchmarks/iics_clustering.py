@@ -124,8 +124,8 @@ def write_docs(results: dict) -> None:
         lines.append(f"| {r['case']} | {r['n']:,} | {r['cameras']} | {r['score_dim']:,} | "
                      f"{r['device']} ({r['torch_threads']} threads) | {r['intra_seconds']:.1f} s"
                      f" | {r['intra_peak_gb']:.2f} GB | {r['inter_seconds']:.1f} s | "
-                     f"{r['inter_peak_gb']:.2f} GB | {cdist} | {r.get('load_avg', '-')} | "
-                     f"{r.get('note', '')} |")
+                     f"{r['inter_peak_gb']:.2f} GB | {cdist} | "
+                     f"{r.get('load_avg', float('nan')):.1f} | {r.get('note', '')} |")
     write_section("\n".join(lines))
 
 
