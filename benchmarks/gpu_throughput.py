@@ -192,7 +192,8 @@ def pipeline_rate(loader, batches: int) -> float:
 
 
 def measure(method: str, precision: str, cpu_size: bool, steps: int, warmup: int,
-            workdir: Path) -> dict:
+            workdir: Path, first: bool) -> dict:
+    """One fit of ``method`` at ``precision``; ``first``: also the input pipeline's rate."""
     from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
 
     path = benchmark_config(method, precision, cpu_size, steps, warmup, workdir)
@@ -205,7 +206,7 @@ def measure(method: str, precision: str, cpu_size: bool, steps: int, warmup: int
     result = {"method": method, "precision": precision, "images_per_step": timer.images,
               "s_per_step": step, "train_img_s": timer.images / step,
               "peak_gib": timer.peak / 2**30}
-    if precision == PRECISIONS[0]:
+    if first:
         result["pipeline_img_s"] = pipeline_rate(cli.datamodule.train_dataloader(), max(steps, 30))
     return result
 
@@ -217,14 +218,18 @@ def table(results: list[dict], cuda: bool) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in results):
         by = {r["precision"]: r for r in results if r["method"] == method}
-        fp32, bf16 = by["32"], by["bf16-mixed"]
-        fastest = max(fp32["train_img_s"], bf16["train_img_s"])
-        bound = "input" if fp32["pipeline_img_s"] < fastest else "compute"
-        lines.append(f"| {method} | {fp32['images_per_step']} | {fp32['train_img_s']:.1f} | "
-                     f"{bf16['train_img_s']:.1f} | "
-                     f"{bf16['train_img_s'] / fp32['train_img_s']:.2f} | "
-                     f"{fp32['peak_gib']:.2f} | {bf16['peak_gib']:.2f} | "
-                     f"{fp32['pipeline_img_s']:.0f} | {bound} |")
+        fp32, bf16 = by.get("32"), by.get("bf16-mixed")
+        first = fp32 or bf16
+        pipeline = next(r["pipeline_img_s"] for r in by.values() if "pipeline_img_s" in r)
+        fastest = max(r["train_img_s"] for r in by.values())
+        ratio = f"{bf16['train_img_s'] / fp32['train_img_s']:.2f}" if fp32 and bf16 else "-"
+
+        def cell(run, key, fmt):
+            return format(run[key], fmt) if run else "-"
+        lines.append(f"| {method} | {first['images_per_step']} | "
+                     f"{cell(fp32, 'train_img_s', '.1f')} | {cell(bf16, 'train_img_s', '.1f')} | "
+                     f"{ratio} | {cell(fp32, 'peak_gib', '.2f')} | {cell(bf16, 'peak_gib', '.2f')} "
+                     f"| {pipeline:.0f} | {'input' if pipeline < fastest else 'compute'} |")
     return "\n".join(lines)
 
 
@@ -234,6 +239,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training batches per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per run")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -251,9 +257,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            for precision in PRECISIONS:
+            for precision in args.precisions:
                 result = measure(method, precision, not cuda, args.steps, args.warmup,
-                                 Path(tmp))
+                                 Path(tmp), first=precision == args.precisions[0])
                 print(json.dumps(result), flush=True)
                 results.append(result)
     header = (f"{'GPU' if cuda else 'CPU size (no GPU)'}: {device}; {os.cpu_count()} cores, "

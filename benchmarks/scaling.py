@@ -137,8 +137,9 @@ def report(results: list[dict]) -> None:
     threads = sorted({r["threads"] for r in results})
     loads = [r["load_avg"] for r in results]
     text = [SECTION, "",
-            f"`python benchmarks/scaling.py --threads {threads[0]}` (then `--figure`): each "
-            f"step at each N in its own process, {threads} threads, 1-minute load average "
+            f"`python benchmarks/scaling.py --threads {threads[0]}` (N = 2,000 .. 32,000), "
+            f"then `--sizes 64000 93820 --steps evaluation reranking`: each step at each N in "
+            f"its own process, {', '.join(map(str, threads))} threads, 1-minute load average "
             f"{min(loads):.1f}-{max(loads):.1f} over the runs. Evaluation and re-ranking: N/8 "
             "queries against 7N/8 gallery images (2048-d); clustering: the k-reciprocal "
             "Jaccard distance of all N (k1 30, exact neighbours) + DBSCAN. Peak memory is "
