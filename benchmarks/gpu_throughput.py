@@ -273,10 +273,10 @@ def main() -> None:
                 "CPU-size run (images at a quarter of the paper's sides), a check that every "
                 "method's paper configuration runs through it, not a GPU measurement.")
         write_section(f"{SECTION}\n\n{__doc__.split(chr(10) * 2)[1]}{what}\n\n{body}\n")
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    saved["gpu" if cuda else "cpu"] = {"device": device, "header": header, "runs": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        saved["gpu" if cuda else "cpu"] = {"device": device, "header": header, "runs": results}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
 
 
 if __name__ == "__main__":

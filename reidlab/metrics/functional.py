@@ -510,7 +510,9 @@ def _symmetric_ranking(source: _FeatureSource, kmax: int,
     through :meth:`_FeatureSource.m2_of`. Memory: ``chunk_size x N`` per block (at least
     1024 rows, so the merges stay cheap) plus the ``N x kmax`` lists."""
     n, x = source.n, source.x
-    step = max(_rows_per_chunk(n, chunk_size), min(1024, n)) if chunk_size is None else chunk_size
+    step = _rows_per_chunk(n, chunk_size)
+    if chunk_size is None:
+        step = max(step, min(1024, n))
     best_val = torch.full((n, kmax), float("inf"), dtype=x.dtype)
     best_idx = torch.zeros((n, kmax), dtype=torch.int64)
     top = torch.full((n,), float("-inf"), dtype=x.dtype)
