@@ -150,6 +150,8 @@ def benchmark_config(method: str, precision: str, cpu_size: bool, steps: int, wa
         data["height"] //= 4
         data["width"] //= 4
     model = config["model"]["init_args"]
+    if "image_size" in model:  # IS-GAN builds its generator for the image size
+        model["image_size"] = [data["height"], data["width"]]
     if "rounds" in model:  # IICS checks max_epochs against its schedule: one round
         model["rounds"] = 1
         trainer["max_epochs"] = model.get("intra_epochs", 2) + model.get("inter_epochs", 2)
