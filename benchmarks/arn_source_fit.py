@@ -43,7 +43,7 @@ def run(weight: float, reverse: bool, seed: int, val_every: int, ckpt_dir: Path,
     from pytorch_lightning.trainer.states import TrainerFn
 
     from reidlab.callbacks import RetrievalEvaluation
-    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
+    from reidlab.cli import run_cli
 
     class Curve(pl.Callback):
         """Mean source accuracy of each epoch's steps, target mAP at each validation."""
@@ -83,10 +83,7 @@ def run(weight: float, reverse: bool, seed: int, val_every: int, ckpt_dir: Path,
         config["trainer"]["default_root_dir"] = tmp
         path = Path(tmp) / "arn.yaml"
         path.write_text(yaml.safe_dump(config))
-        sys.argv = sys.argv[:1]
-        cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                         subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                         save_config_callback=None, args=["--config", str(path)], run=False)
+        cli = run_cli(["--config", str(path)], run=False)
         curve = Curve()
         cli.trainer.callbacks.append(curve)
         cli.trainer.validate(cli.model, cli.datamodule)  # epoch 0: the start

@@ -34,15 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "dgnet_lr_sweep.json"
 
 
-def run_cli(command: list[str]):
-    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
-
-    sys.argv = sys.argv[:1]
-    return ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                      save_config_callback=None, args=command)
-
-
 def last_map(trainer) -> float:
     from reidlab.callbacks import RetrievalEvaluation
 
@@ -65,6 +56,8 @@ class EpochIdentityLoss(pl.Callback):
 
 def sweep_run(scale: float, reverse: bool, seed: int, ckpt_dir: Path, workdir: Path,
               epochs: int | None) -> dict:
+    from reidlab.cli import run_cli
+
     config = yaml.safe_load((CONFIGS / "dgnet.yaml").read_text())
     if reverse:
         config["data"] = swap_domains(config["data"])

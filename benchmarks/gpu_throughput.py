@@ -44,8 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import write_section  # noqa: E402
-from eval_speed import PeakRSS  # noqa: E402
-from gan_cost import cpu_description  # noqa: E402
+from gan_cost import PhaseTimer, cpu_description  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
@@ -67,40 +66,25 @@ PRECISIONS = ("32", "bf16-mixed")
 SECTION = "## Training throughput per method (paper configurations)"
 
 
-class StepTimer(pl.Callback):
-    """Durations of the training steps after ``warmup``, the images per step and the peak
-    memory (GPU allocator, or the process's RSS) of the first epoch; the model is put in
-    ``channels_last`` at the start."""
+def current_epoch(module: pl.LightningModule) -> int:
+    return module.trainer.current_epoch
+
+
+class StepTimer(PhaseTimer):
+    """:class:`gan_cost.PhaseTimer` per epoch (``times[0]``, ``memory[0]``: the first
+    epoch's), plus the images per step; the model is put in ``channels_last`` at the
+    start."""
 
     def __init__(self, warmup: int = 2) -> None:
-        self.warmup, self.times, self.images = warmup, [], 0
-        self.cuda = torch.cuda.is_available()
+        super().__init__(current_epoch, warmup, cuda=torch.cuda.is_available())
+        self.images = 0
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pl_module.to(memory_format=torch.channels_last)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == 0:
-            if self.cuda:
-                torch.cuda.reset_peak_memory_stats()
-            self.rss = PeakRSS().__enter__()
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.start = time.perf_counter()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.images = count_images(batch)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        if trainer.current_epoch == 0 and batch_idx >= self.warmup:
-            self.times.append(time.perf_counter() - self.start)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == 0:
-            self.rss.__exit__(None, None, None)
-            self.peak = torch.cuda.max_memory_allocated() if self.cuda else self.rss.peak
 
 
 def count_images(batch) -> int:
@@ -196,18 +180,15 @@ def pipeline_rate(loader, batches: int) -> float:
 def measure(method: str, precision: str, cpu_size: bool, steps: int, warmup: int,
             workdir: Path, first: bool) -> dict:
     """One fit of ``method`` at ``precision``; ``first``: also the input pipeline's rate."""
-    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
+    from reidlab.cli import run_cli
 
     path = benchmark_config(method, precision, cpu_size, steps, warmup, workdir)
-    sys.argv = sys.argv[:1]
-    cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_callback=None, args=["fit", "--config", str(path)])
+    cli = run_cli(["fit", "--config", str(path)])
     timer = next(c for c in cli.trainer.callbacks if type(c).__name__ == "StepTimer")
-    step = statistics.median(timer.times)
+    step = statistics.median(timer.times[0])
     result = {"method": method, "precision": precision, "images_per_step": timer.images,
               "s_per_step": step, "train_img_s": timer.images / step,
-              "peak_gib": timer.peak / 2**30}
+              "peak_gib": timer.memory[0] / 2**30}
     if first:
         result["pipeline_img_s"] = pipeline_rate(cli.datamodule.train_dataloader(), max(steps, 30))
     return result
@@ -244,6 +225,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     args = parser.parse_args()
+    # before the runs: the in-process CLI cuts sys.argv to the program name
+    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     warnings.filterwarnings("ignore")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -267,7 +250,6 @@ def main() -> None:
     header = (f"{'GPU' if cuda else 'CPU size (no GPU)'}: {device}; {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f}; median of {args.steps - args.warmup} "
               "steps per run")
-    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     body = f"`{command}`. {header}.\n\n{table(results, cuda)}"
     print(body)
     if not args.no_docs:

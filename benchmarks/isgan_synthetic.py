@@ -66,10 +66,9 @@ def stage1_path(domain: str, seed: int, ckpt_dir: Path) -> Path:
 
 
 def run_once(row: str, domain: str, seed: int, ckpt_dir: Path, workdir: Path) -> dict:
-    import pytorch_lightning as pl
 
     from reidlab.callbacks import RetrievalEvaluation
-    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
+    from reidlab.cli import run_cli
     from reidlab.datamodules import ReIDDataModule
 
     reverse = DOMAINS[domain]
@@ -94,10 +93,7 @@ def run_once(row: str, domain: str, seed: int, ckpt_dir: Path, workdir: Path) ->
     cfg_path = workdir / f"{row}.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
-    sys.argv = sys.argv[:1]
-    cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_callback=None, args=["fit", "--config", str(cfg_path)])
+    cli = run_cli(["fit", "--config", str(cfg_path)])
     seconds = time.perf_counter() - start
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
     result = {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}

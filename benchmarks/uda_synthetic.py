@@ -112,10 +112,9 @@ def direct_transfer_checkpoint(reverse: bool, seed: int, ckpt_dir: Path) -> Path
 
 def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Path,
              ckpt_dir: Path) -> dict:
-    import pytorch_lightning as pl
 
     from reidlab.callbacks import PseudoLabeling, RetrievalEvaluation
-    from reidlab.cli import TRAINER_DEFAULTS, ReIDLabCLI
+    from reidlab.cli import run_cli
 
     config = yaml.safe_load((CONFIGS / f"{row}.yaml").read_text())
     if reverse:
@@ -143,10 +142,7 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         if VALIDATE_ROWS[row] == "direct_transfer":
             command += ["--ckpt_path", str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))]
     start = time.perf_counter()
-    sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` alone
-    cli = ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_callback=None, args=command)
+    cli = run_cli(command)
     seconds = time.perf_counter() - start
     if row in CHECKPOINT_ROWS and epochs is None:  # the start of other rows
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -366,6 +366,20 @@ TRAINER_DEFAULTS = {
 }
 
 
+def run_cli(args: list[str], run: bool = True) -> ReIDLabCLI:
+    """The ``reidlab`` command in this process (benchmark scripts, notebooks): ``args`` as
+    on the command line (``["fit", "--config", "run.yaml"]``; with ``run=False`` no
+    subcommand), no config file written; returns the CLI, whose ``trainer``, ``model`` and
+    ``datamodule`` stay usable. ``sys.argv`` is cut to the program name first: DDP's
+    launcher re-runs ``sys.argv`` in its worker processes, which must not see the caller's
+    own arguments."""
+    sys.argv = sys.argv[:1]
+    return ReIDLabCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                      subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS,
+                      save_config_callback=None, parser_class=ReIDLabArgumentParser,
+                      args=args, run=run)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``reidlab`` console script."""
     os.environ.setdefault("WANDB_MODE", "offline")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reidlab.cli import main
+from reidlab.cli import main, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
@@ -160,6 +160,21 @@ def test_smoke_modes_run_and_say_the_metric_is_partial(tmp_path):
     with pytest.warns(UserWarning, match="partial query"):
         main(["fit", *tiny_args("quickstart.yaml", tmp_path / "limit"),
               "--trainer.limit_val_batches", "2"])
+
+
+def test_run_cli_in_process_returns_the_trained_objects_and_writes_no_config(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["notebook", "--caller-flag"])
+    args = tiny_args("quickstart.yaml", tmp_path)
+    cli = run_cli(args, run=False)  # parsed and built, not run
+    assert cli.trainer.state.finished is False and cli.trainer.global_step == 0
+    assert sys.argv == ["notebook"]  # DDP's launcher would re-run the caller's flags
+    cli = run_cli(["fit", *args])
+    assert cli.trainer.global_step == 2 and cli.trainer.state.finished
+    assert "val/mAP" in cli.trainer.callback_metrics
+    assert not list(tmp_path.rglob("config.yaml"))  # main() writes one next to the run
+    main(["fit", *args])
+    assert list(tmp_path.rglob("config.yaml"))
 
 
 def test_predict_writes_features_of_query_gallery_and_of_a_plain_folder(tmp_path):
