@@ -19,6 +19,7 @@ and the section "## ARN: does the source supervision re-fit E_C?" of docs/benchm
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -147,21 +148,31 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for direction in args.directions:
         for weight in args.weights:
             result = run(weight, DIRECTIONS[direction], args.seed, args.val_every,
                          args.ckpt_dir, args.epochs) | {"direction": direction}
             print(json.dumps(result), flush=True)
-            if args.no_docs:
-                continue
-            runs = [r for r in runs if (r["direction"], r["class_weight"], r["seed"])
-                    != (direction, weight, args.seed)] + [result]
-            RESULTS.write_text(json.dumps(runs, indent=1))
-            figure(runs)
-            write_docs(runs, "python benchmarks/arn_source_fit.py --weights "
-                       + " ".join(f"{w:g}" for w in sorted({r["class_weight"] for r in runs},
-                                                          reverse=True)))
+            if not args.no_docs:
+                save(result)
+
+
+def save(result: dict) -> None:
+    """Merge one run into the JSON file under a lock (one invocation per direction may run
+    side by side), then re-draw the figure and the docs section from all runs."""
+    with open(Path(tempfile.gettempdir()) / "reidlab_arn_source_fit.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        key = (result["direction"], result["class_weight"], result["seed"])
+        runs = [r for r in runs if (r["direction"], r["class_weight"], r["seed"]) != key]
+        runs.append(result)
+        RESULTS.write_text(json.dumps(runs, indent=1))
+        figure(runs)
+        write_docs(runs, "python benchmarks/arn_source_fit.py --weights "
+                   + " ".join(f"{w:g}" for w in sorted({r["class_weight"] for r in runs},
+                                                      reverse=True))
+                   + " --directions " + " ".join(f"'{d}'" for d in
+                                                 sorted({r["direction"] for r in runs})))
 
 
 if __name__ == "__main__":
