@@ -117,7 +117,7 @@ def figure(runs: list[dict]) -> None:
 def write_docs(runs: list[dict], command: str) -> None:
     lines = ["| direction | L_class weight | seed | source accuracy, first -> last epoch | "
              "target mAP, start -> best -> last |", "|---|---|---|---|---|"]
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r["direction"], -r["class_weight"], r["seed"])):
         maps = list(r["target_map"].values())
         acc = r["source_accuracy"]
         lines.append(f"| {r['direction']} | {r['class_weight']:g} | {r['seed']} | "
