@@ -2,6 +2,8 @@
 the stage schedule, a CLI fit of one round and resume inside a round."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numba
@@ -64,6 +66,26 @@ def test_l1_kernel_matches_cdist_across_block_edges():
         assert numba.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 cores to differ")
+def test_inter_camera_clustering_leaves_torch_thread_count_alone():
+    """numba's OpenMP threading layer shares torch's libgomp: restoring numba's thread count
+    after the L1 kernel reset torch's too, so a ``--threads 1`` IICS run trained on 2
+    threads after its first inter-camera clustering (2-3x slower with two runs side by
+    side). Run in a fresh process: the effect depends on the process's OpenMP state."""
+    code = ("import numpy as np, torch\n"
+            "torch.set_num_threads(1)\n"
+            "from reidlab.modules import IICS\n"
+            "m = IICS(backbone='resnet18', backbone_width=0.25, weights=None,"
+            " inter_clusters=5, chunk_size=40)\n"
+            "m.build_heads([0, 1, 2], [3, 3, 3], 5)\n"
+            "cams = np.repeat([0, 1, 2], [60, 50, 70])\n"
+            "m.inter_camera_labels(torch.randn(len(cams), m.feature_dim), cams, rnd=1)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=600)
+    assert out.stdout.split()[-1] == "1"
 
 
 def _model(cameras, capacities, inter=4, **kw) -> IICS:

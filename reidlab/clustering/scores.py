@@ -56,12 +56,16 @@ def l1_distances(a: Tensor, b: Tensor) -> Tensor:
     a_np = np.ascontiguousarray(a.detach().numpy())
     b_np = np.ascontiguousarray(b.detach().numpy())
     out = np.empty((len(a_np), len(b_np)), dtype=a_np.dtype)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _l1_distances(a_np, b_np, out)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(numba_threads)
+        # numba's OpenMP threading layer shares torch's libgomp, so the line above also
+        # sets torch's intra-op threads: put torch's count back (else a `--threads 1` run
+        # goes on with 2 threads after the first inter-camera clustering)
+        torch.set_num_threads(torch_threads)
     return torch.from_numpy(out)
 
 
