@@ -62,9 +62,9 @@ def l1_distances(a: Tensor, b: Tensor) -> Tensor:
         _l1_distances(a_np, b_np, out)
     finally:
         numba.set_num_threads(numba_threads)
-        # numba's OpenMP threading layer shares torch's libgomp, so the line above also
-        # sets torch's intra-op threads: put torch's count back (else a `--threads 1` run
-        # goes on with 2 threads after the first inter-camera clustering)
+        # numba's OpenMP threading layer shares torch's libgomp and can leave torch's
+        # intra-op count at numba's: put torch's back (else a `--threads 1` IICS run went
+        # on with 2 threads after its first inter-camera clustering)
         torch.set_num_threads(torch_threads)
     return torch.from_numpy(out)
 
