@@ -41,6 +41,17 @@ class ReIDLabArgumentParser(LightningArgumentParser):
     """The CLI's parser: a config error is one message, with the closest valid names for a
     misspelt option, instead of the usage text and the parser's nested report."""
 
+    def parse_path(self, cfg_path, *args, **kwargs):
+        """A config file, refused when it writes a key twice (YAML keeps the last one)."""
+        path = Path(str(cfg_path))
+        if path.is_file():
+            repeated = repeated_key(path.read_text())
+            if repeated:
+                key, first, second = repeated
+                self.error(f"{path}: {key!r} is written twice (lines {first} and {second}); "
+                           "YAML would silently keep the second: remove one")
+        return super().parse_path(cfg_path, *args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
@@ -50,6 +61,33 @@ class ReIDLabArgumentParser(LightningArgumentParser):
         prog = parser.prog.replace(" [options]", "")
         print(f"  ({prog} --help lists every option)", file=sys.stderr)
         self.exit(2)
+
+
+def repeated_key(text: str) -> tuple[str, int, int] | None:
+    """The first key that a mapping of the YAML document ``text`` has twice, as its dotted
+    path and the two line numbers (1-based), or None (also for text that is not YAML: the
+    parser reports that itself)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    todo = [(root, "")]
+    while todo:
+        node, prefix = todo.pop()
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{prefix.removesuffix('.')}[{i}].")
+                        for i, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[str, int] = {}
+        for key_node, value in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                return f"{prefix}{key}", lines[key], line
+            lines[key] = line
+            todo.append((value, f"{prefix}{key}."))
+    return None
 
 
 def explain_config_error(message: str, keys: list[str] = ()) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reidlab.cli import main, run_cli
+from reidlab.cli import main, repeated_key, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
@@ -143,6 +143,26 @@ def test_a_misspelt_config_file_key_gets_the_closest_option(tmp_path, capsys):
               "--config", str(typo)])
     assert "unknown option 'trainr.max_epochs'; did you mean 'trainer.max_epochs'" in (
         capsys.readouterr().err)
+
+
+def test_a_key_written_twice_is_found_with_its_path_and_lines():
+    text = ("trainer:\n  callbacks:\n    - class_path: A\n      init_args: {eps: 0.6, k1: 30}\n"
+            "    - class_path: B\n      init_args:\n        eps: 0.5\n        eps: 0.6\n")
+    assert repeated_key(text) == ("trainer.callbacks[1].init_args.eps", 7, 8)
+    assert repeated_key(text.replace("        eps: 0.6\n", "")) is None
+    assert repeated_key("a: {b: 1, b: 2}") == ("a.b", 1, 1)
+    assert repeated_key("a: [unclosed") is None  # not YAML: the parser's own error
+
+
+def test_a_config_file_with_a_key_twice_is_refused_naming_file_and_key(tmp_path, capsys):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("model:\n  init_args:\n    lr: 0.1\n    lr: 0.2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "examples" / "configs" / "quickstart.yaml"),
+              "--config", str(twice)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"{twice}: 'model.init_args.lr' is written twice (lines 3 and 4)" in err, err
 
 
 @pytest.mark.parametrize("config", sorted(p.relative_to(ROOT / "examples" / "configs").as_posix()
