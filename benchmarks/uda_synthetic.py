@@ -85,14 +85,21 @@ def config_tag(row: str) -> bytes:
         config_tag(dep) for dep in CHECKPOINT_ROWS.get(row, ()))
 
 
-def checkpoint_path(row: str, reverse: bool, seed: int, ckpt_dir: Path) -> Path:
-    """Named after the row, the direction, the seed and a hash of the configs behind it (and
-    the generator version), so a checkpoint of another regime is never picked up."""
+def config_hash(row: str) -> str | None:
+    """A hash of the row's configs and the generator version (None without a config): kept
+    with every run, so the table can tell runs of an earlier config from current ones."""
     from reidlab.datasets.synthetic import GENERATOR_VERSION
 
+    if not (CONFIGS / f"{row}.yaml").exists():
+        return None
+    return hashlib.sha1(config_tag(row) + str(GENERATOR_VERSION).encode()).hexdigest()[:8]
+
+
+def checkpoint_path(row: str, reverse: bool, seed: int, ckpt_dir: Path) -> Path:
+    """Named after the row, the direction, the seed and :func:`config_hash`, so a
+    checkpoint of another regime is never picked up."""
     direction = next(d for d, r in DIRECTIONS.items() if r == reverse)
-    tag = hashlib.sha1(config_tag(row) + str(GENERATOR_VERSION).encode()).hexdigest()[:8]
-    return ckpt_dir / f"{row}_{direction.replace('->', '_to_')}_seed{seed}_{tag}.ckpt"
+    return ckpt_dir / f"{row}_{direction.replace('->', '_to_')}_seed{seed}_{config_hash(row)}.ckpt"
 
 
 def row_checkpoint(row: str, reverse: bool, seed: int, ckpt_dir: Path) -> Path:
@@ -148,7 +155,8 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         cli.trainer.save_checkpoint(checkpoint_path(row, reverse, seed, ckpt_dir))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, RetrievalEvaluation))
-    result = {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds}
+    result = {k: evaluation.last[k] for k in METRICS} | {"seconds": seconds,
+                                                         "config": config_hash(row)}
     labeler = next((c for c in cli.trainer.callbacks if isinstance(c, PseudoLabeling)), None)
     if labeler is not None and labeler.history:  # quality of the last pseudo-labels
         last = labeler.history[-1]
@@ -173,9 +181,17 @@ def fmt(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def is_stale(row: str, runs: list[dict]) -> bool:
+    """Some of ``runs`` were made with another version of the row's config (runs saved
+    before hashes were kept count as current)."""
+    current = config_hash(row)
+    return any(r.get("config", current) != current for r in runs)
+
+
 def table(results: dict) -> str:
     """Reference rows first, then the methods in the order they were first run; "gap
-    closed" against direct transfer and the oracle, "vs adabn" in mAP points."""
+    closed" against direct transfer and the oracle, "vs adabn" in mAP points; rows with
+    runs of an earlier config are marked "(stale)"."""
     lines = ["| method | direction | seeds | mAP | rank-1 | rank-5 | rank-10 | gap closed "
              "| vs adabn | time / run |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = [r for r in REFERENCE_ROWS if r in results] + [
@@ -198,11 +214,15 @@ def table(results: dict) -> str:
                 vs_adabn = f"{100 * (m - mean_map['adabn']):+.1f}"
             cells = [fmt([x[k] for x in runs]) for k in METRICS]
             secs = statistics.fmean(x["seconds"] for x in runs)
-            lines.append(f"| {row} | {direction} | {len(runs)} | " + " | ".join(cells)
+            name = f"{row} (stale)" if is_stale(row, runs) else row
+            lines.append(f"| {name} | {direction} | {len(runs)} | " + " | ".join(cells)
                          + f" | {gap} | {vs_adabn} | {secs:.0f} s |")
     gaps = [f"{d}: {100 * (m['oracle'] - m['direct_transfer']):.1f}" for d in DIRECTIONS
             if len(m := {r: statistics.fmean(x["mAP"] for x in results[r][d])
                          for r in ("direct_transfer", "oracle") if d in results.get(r, {})}) == 2]
+    if any(is_stale(row, runs) for row in results for runs in results[row].values()):
+        lines += ["", "(stale): some of the row's runs were made with an earlier version of "
+                  "its config (or of the generator); re-run them."]
     if gaps:
         lines += ["", "Domain gap, oracle minus direct transfer (mAP points): " + "; ".join(gaps)
                   + "."]

@@ -1,0 +1,33 @@
+"""The benchmark scripts' bookkeeping (not their numbers)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import uda_synthetic  # noqa: E402
+
+
+def _run(seed, config=None):
+    run = {"mAP": 0.5, "rank1": 0.6, "rank5": 0.7, "rank10": 0.8, "seconds": 1.0, "seed": seed}
+    return run if config is None else run | {"config": config}
+
+
+def test_the_table_marks_rows_with_runs_of_an_earlier_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(uda_synthetic, "CONFIGS", tmp_path)
+    for row in ("same", "changed", "legacy"):
+        (tmp_path / f"{row}.yaml").write_text(f"model: {row}\n")
+    current = uda_synthetic.config_hash("changed")
+    results = {"same": {"mall->street": [_run(0, uda_synthetic.config_hash("same"))]},
+               "changed": {"mall->street": [_run(0, current), _run(1, "0123abcd")]},
+               "legacy": {"mall->street": [_run(0)]}}  # saved before hashes were kept
+    lines = uda_synthetic.table(results).splitlines()
+    assert any(line.startswith("| changed (stale) |") for line in lines)
+    assert any(line.startswith("| same |") for line in lines)
+    assert any(line.startswith("| legacy |") for line in lines)
+    assert lines[-1].startswith("(stale): ")
+    (tmp_path / "changed.yaml").write_text("model: edited\n")  # the config moves on
+    assert uda_synthetic.config_hash("changed") != current
+    del results["changed"]
+    assert "(stale)" not in uda_synthetic.table(results)
