@@ -4,8 +4,8 @@ the default).
 
 Two figures per backbone: a training step (forward, mean-pool + linear + cross-entropy,
 backward, Adam) and feature extraction (inference mode, eval BatchNorm), images per second.
-The two layouts alternate step by step on the same model and batch, so machine noise hits
-both alike; the ratio of medians is the figure.
+The two layouts alternate step by step on copies of one model and the same batch, so
+machine noise hits both alike; the ratio of medians is the figure.
 
     python benchmarks/channels_last.py --threads 1                 # CPU rows' setting
     python benchmarks/channels_last.py --backbones resnet50 --height 256 --width 128 --batch 32
@@ -14,6 +14,7 @@ both alike; the ratio of medians is the figure.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -32,7 +33,7 @@ SECTION = "## Channels-last backbones"
 
 def run_in(backbone, images: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """The backbone's stages on ``images`` in ``memory_format`` (the convolutions keep
-    their input's layout)."""
+    their input's and weights' layout)."""
     x = backbone.stem(images.contiguous(memory_format=memory_format))
     for name in backbone.stage_names:
         x = backbone.stage(name)(x)
@@ -50,36 +51,48 @@ def timed(fn, device: torch.device) -> float:
 
 
 def measure(name: str, args, device: torch.device) -> dict[str, float]:
+    """Images per second of a training step and of feature extraction in each layout: one
+    copy of the same initial model per layout, weights and inputs in that layout."""
     torch.manual_seed(0)
-    backbone = build_backbone(name, None, 1, 1.0).to(device)
-    head = torch.nn.Linear(backbone.out_channels, 100).to(device)
-    opt = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=1e-4)
+    backbone = build_backbone(name, None, 1, 1.0)
+    head = torch.nn.Linear(backbone.out_channels, 100)
     images = torch.randn(args.batch, 3, args.height, args.width, device=device)
     labels = torch.randint(0, 100, (args.batch,), device=device)
-    layouts = {"channels_last": lambda x: run_in(backbone, x, torch.channels_last),
-               "default": lambda x: run_in(backbone, x, torch.contiguous_format)}
+    formats = {"channels_last": torch.channels_last, "default": torch.contiguous_format}
+    nets = {}
+    for layout, fmt in formats.items():
+        net = copy.deepcopy(backbone).to(device, memory_format=fmt)
+        lin = copy.deepcopy(head).to(device)
+        nets[layout] = (net, lin, torch.optim.Adam([*net.parameters(), *lin.parameters()],
+                                                   lr=1e-4))
 
-    def train(forward):
+    def train(layout):
+        net, lin, opt = nets[layout]
+
         def step():
-            loss = F.cross_entropy(head(forward(images).mean(dim=(2, 3))), labels)
+            feats = run_in(net, images, formats[layout]).mean(dim=(2, 3))
+            loss = F.cross_entropy(lin(feats), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         return step
 
-    def extract(forward):
+    def extract(layout):
+        net = nets[layout][0]
+
         def step():
             with torch.inference_mode():
-                forward(images)
+                run_in(net, images, formats[layout])
         return step
 
-    times = {(kind, layout): [] for kind in ("train", "extract") for layout in layouts}
+    times = {(kind, layout): [] for kind in ("train", "extract") for layout in formats}
     for kind, make in (("train", train), ("extract", extract)):
-        backbone.train(kind == "train")
+        for net, _, _ in nets.values():
+            net.train(kind == "train")
         for i in range(args.warmup + args.steps):
-            order = list(layouts) if i % 2 == 0 else list(reversed(layouts))
+            order = list(formats) if i % 2 == 0 else list(reversed(formats))
             for layout in order:
-                t = timed(make(layouts[layout]), device)
+                t = timed(make(layout), device)
                 if i >= args.warmup:
                     times[kind, layout].append(t)
     med = {key: statistics.median(v) for key, v in times.items()}
@@ -118,7 +131,7 @@ def main() -> None:
     command = "python benchmarks/channels_last.py " + " ".join(sys.argv[1:])
     body = (f"{SECTION}\n\nProduced by `{command.strip()}` ({where}, torch "
             f"{torch.__version__}; images per second, medians of {args.steps} steps per "
-            "layout, the layouts alternating on one model and batch).\n\n"
+            "layout, the layouts alternating on copies of one model and one batch).\n\n"
             + "\n".join(lines) + "\n")
     print(body)
     if args.write_docs:

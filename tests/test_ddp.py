@@ -97,3 +97,14 @@ def test_dcdfa_with_every_switch_off_trains_under_ddp(tmp_path):
     for key, value in r0["teacher"].items():
         torch.testing.assert_close(value, r1["teacher"][key], msg=key)
     assert any(k.startswith("attention.") for k in r0["teacher"])
+
+
+def test_cli_fit_under_ddp_ends_on_every_rank_with_one_summary(tmp_path):
+    """Through ``reidlab fit``: the end-of-run summary needs the figure folder, which
+    Lightning broadcasts; asked for on rank 0 only, rank 0 waited for a rank that had
+    exited. A MobileNetV2 (channels-last) Baseline, so DDP also sees its gradient layout."""
+    proc = run_script("ddp_cli.py", str(tmp_path / "run"), tmp_path=tmp_path)
+    assert proc.stdout.count("reidlab fit: done") == 1, proc.stdout[-2000:]
+    assert "val/mAP" in proc.stdout
+    assert list((tmp_path / "run").rglob("metrics.json"))
+
