@@ -106,8 +106,9 @@ def explain_config_error(message: str, keys: list[str] = ()) -> str:
                             message)
     if bad_values:
         return "\n  ".join(f"{c}: {key}: {why.strip()}" for c, key, why in bad_values)
-    unknown = re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)' is not accepted", message,
-                         flags=re.S)
+    # a nested option (``source_kwargs.num_train_ids``) is reported by its argument
+    unknown = re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)[\w.]*' is not accepted",
+                         message, flags=re.S)
     if unknown:
         lines = []
         for class_path, option in unknown:

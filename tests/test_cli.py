@@ -125,7 +125,9 @@ def test_console_script_exit_code(tmp_path):
     (["--trainer.callbacks+=RetrievalEvaluation", "--trainer.callbacks.metrik", "cosine"],
      "RetrievalEvaluation has no argument 'metrik'; did you mean 'metric'?\n"),
     (["--model.init_args.lr", "abc"], "reidlab.modules.Baseline: lr: Expected a <class 'float'>"),
-], ids=["model", "data", "callback", "value"])
+    (["--data", "ReIDDataModule", "--data.init_args.source_kwargs", "{num_train_ids: 8}"],
+     "reidlab.datamodules.ReIDDataModule has no argument 'source_kwargs'; did you mean "),
+], ids=["model", "data", "callback", "value", "nested"])
 def test_a_config_error_is_one_message_with_the_closest_names(args, expected, capsys):
     config = str(ROOT / "examples" / "configs" / "quickstart.yaml")
     with pytest.raises(SystemExit) as exit_info:
