@@ -26,7 +26,8 @@ quality of every re-clustering, merged across invocations) and into the section 
 Synthetic domain pair" of ``docs/benchmarks.md``; the pseudo-label quality figure of each
 clustering run goes to ``docs/benchmarks/pseudo_quality/``.
 The "gap closed" column is (method - direct transfer) / (oracle - direct transfer) in mAP,
-"vs adabn" the method's mAP minus adabn's (mean over seeds).
+"vs adabn" the method's mAP minus adabn's (mean over seeds). Every run keeps a hash of its
+config (:func:`config_hash`); a row with runs of an earlier config is marked "(stale)".
 """
 
 from __future__ import annotations
