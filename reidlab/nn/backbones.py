@@ -21,10 +21,10 @@ are stored in :attr:`Backbone.memory_format` (so that their gradients have the w
 strides, as DDP's gradient buckets expect; state-dict keys and shapes do not change) and
 :meth:`Backbone.forward` converts its input. The results are those of the default layout
 up to float rounding; on CPU, oneDNN's channels-last depthwise convolutions train
-MobileNetV2 1.1-1.4x and extract features 1.3x faster at 96 x 48 on one thread (three
-runs beside two benchmarks). ResNet keeps
-the default layout: channels-last did not train ResNet-50 faster on CPU at 256 x 128
-(``benchmarks/channels_last.py`` measures both).
+MobileNetV2 1.1-1.4x and extract features 1.3x faster at 96 x 48 on one thread (four runs
+beside two benchmarks). ResNet keeps the default layout: channels-last trained ResNet-50
+at 256 x 128 on CPU at 0.86x (one short run; ``benchmarks/channels_last.py`` measures
+both, also on a GPU).
 
 Weights are never downloaded at import time, see :mod:`reidlab.nn.weights`.
 """
@@ -67,7 +67,7 @@ class Backbone(nn.Module):
 
     stage_names: tuple[str, ...] = STAGE_NAMES
     output_stride: int
-    memory_format: torch.memory_format = torch.contiguous_format  # of forward's input
+    memory_format: torch.memory_format = torch.contiguous_format  # weights and input
 
     def stage(self, name: str) -> nn.Module:
         """The stage ``name`` (an ``nn.Sequential`` of blocks)."""
