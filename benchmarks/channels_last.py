@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -115,7 +116,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = (torch.cuda.get_device_name() if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} thread(s)")
+             else f"CPU, {torch.get_num_threads()} thread(s), load average "
+                  f"{os.getloadavg()[0]:.1f} at the start")
     lines = ["| backbone | images | train, default | train, channels-last | ratio "
              "| extract, default | extract, channels-last | ratio |",
              "|---|---|---|---|---|---|---|---|"]
