@@ -62,9 +62,9 @@ METRICS = ("mAP", "rank1", "rank5", "rank10")
 VALIDATE_ROWS = {"imagenet": None, "adabn": "direct_transfer"}
 REFERENCE_ROWS = ("imagenet", "direct_transfer", "adabn", "oracle")
 # the row whose checkpoint a model's `pretrained: null` means (by model class; default:
-# the direct-transfer Baseline), and the rows whose checkpoints are kept (-> their inputs)
+# the direct-transfer Baseline), and the rows whose checkpoints are kept
 PRETRAINED_ROW = {"reidlab.modules.DGNetPP": "dgnet"}
-CHECKPOINT_ROWS = {"direct_transfer": (), "dgnet": ("direct_transfer",)}
+CHECKPOINT_ROWS = ("direct_transfer", "dgnet")
 
 
 def swap_domains(value):
@@ -80,10 +80,26 @@ def swap_domains(value):
     return value
 
 
+def start_rows(row: str, config: dict) -> dict[str, str]:
+    """The model arguments (and ``ckpt_path`` for a validate row) that the row fills with
+    another row's checkpoint: ``{argument: row}``."""
+    if VALIDATE_ROWS.get(row):
+        return {"ckpt_path": VALIDATE_ROWS[row]}
+    model = config.get("model", {})
+    model_args = model.get("init_args") or {}
+    starts = {}
+    if "pretrained" in model_args and not model_args["pretrained"]:
+        starts["pretrained"] = PRETRAINED_ROW.get(model.get("class_path"), "direct_transfer")
+    if "teacher" in model_args and not model_args["teacher"]:
+        starts["teacher"] = "direct_transfer"
+    return starts
+
+
 def config_tag(row: str) -> bytes:
     """The row's config and those of the checkpoints it starts from."""
-    return (CONFIGS / f"{row}.yaml").read_bytes() + b"".join(
-        config_tag(dep) for dep in CHECKPOINT_ROWS.get(row, ()))
+    text = (CONFIGS / f"{row}.yaml").read_bytes()
+    starts = start_rows(row, yaml.safe_load(text) or {})
+    return text + b"".join(config_tag(dep) for dep in sorted(set(starts.values())))
 
 
 def config_hash(row: str) -> str | None:
@@ -127,12 +143,11 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
     config = yaml.safe_load((CONFIGS / f"{row}.yaml").read_text())
     if reverse:
         config["data"] = swap_domains(config["data"])
+    starts = start_rows(row, config)
     model_args = config["model"].setdefault("init_args", {})
-    if "pretrained" in model_args and not model_args["pretrained"]:
-        source = PRETRAINED_ROW.get(config["model"]["class_path"], "direct_transfer")
-        model_args["pretrained"] = str(row_checkpoint(source, reverse, seed, ckpt_dir))
-    if "teacher" in model_args and not model_args["teacher"]:
-        model_args["teacher"] = str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))
+    for argument, source in starts.items():
+        if argument != "ckpt_path":
+            model_args[argument] = str(row_checkpoint(source, reverse, seed, ckpt_dir))
     config["seed_everything"] = seed
     config.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
     trainer_cfg = config.setdefault("trainer", {})
@@ -147,8 +162,9 @@ def run_once(row: str, reverse: bool, seed: int, epochs: int | None, workdir: Pa
         command[0] = "validate"
         if VALIDATE_ROWS[row] is None:  # the config's initial weights, on purpose
             command += ["--allow_untrained", "true"]
-        if VALIDATE_ROWS[row] == "direct_transfer":
-            command += ["--ckpt_path", str(direct_transfer_checkpoint(reverse, seed, ckpt_dir))]
+        if "ckpt_path" in starts:
+            command += ["--ckpt_path", str(row_checkpoint(starts["ckpt_path"], reverse, seed,
+                                                          ckpt_dir))]
     start = time.perf_counter()
     cli = run_cli(command)
     seconds = time.perf_counter() - start

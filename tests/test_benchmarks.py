@@ -17,7 +17,7 @@ def _run(seed, config=None):
 def test_the_table_marks_rows_with_runs_of_an_earlier_config(tmp_path, monkeypatch):
     monkeypatch.setattr(uda_synthetic, "CONFIGS", tmp_path)
     for row in ("same", "changed", "legacy"):
-        (tmp_path / f"{row}.yaml").write_text(f"model: {row}\n")
+        (tmp_path / f"{row}.yaml").write_text(f"model: {{class_path: {row}}}\n")
     current = uda_synthetic.config_hash("changed")
     results = {"same": {"mall->street": [_run(0, uda_synthetic.config_hash("same"))]},
                "changed": {"mall->street": [_run(0, current), _run(1, "0123abcd")]},
@@ -27,7 +27,28 @@ def test_the_table_marks_rows_with_runs_of_an_earlier_config(tmp_path, monkeypat
     assert any(line.startswith("| same |") for line in lines)
     assert any(line.startswith("| legacy |") for line in lines)
     assert lines[-1].startswith("(stale): ")
-    (tmp_path / "changed.yaml").write_text("model: edited\n")  # the config moves on
+    (tmp_path / "changed.yaml").write_text("model: {class_path: edited}\n")  # the config moves on
     assert uda_synthetic.config_hash("changed") != current
     del results["changed"]
     assert "(stale)" not in uda_synthetic.table(results)
+
+
+def test_a_row_is_stale_when_the_checkpoint_it_starts_from_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(uda_synthetic, "CONFIGS", tmp_path)
+    (tmp_path / "direct_transfer.yaml").write_text("model: {class_path: Baseline}\n")
+    (tmp_path / "student.yaml").write_text(
+        "model: {class_path: SBase, init_args: {pretrained: null}}\n")
+    (tmp_path / "adabn.yaml").write_text("model: {class_path: Baseline}\n")
+    (tmp_path / "scratch.yaml").write_text(
+        "model: {class_path: SBase, init_args: {pretrained: some.ckpt}}\n")
+    rows = ("student", "adabn", "scratch")
+    before = {row: uda_synthetic.config_hash(row) for row in rows}
+    (tmp_path / "direct_transfer.yaml").write_text("model: {class_path: Baseline}\n# longer\n")
+    after = {row: uda_synthetic.config_hash(row) for row in rows}
+    assert after["student"] != before["student"]  # pretrained: null is the Baseline's checkpoint
+    assert after["adabn"] != before["adabn"]  # validates the Baseline's checkpoint
+    assert after["scratch"] == before["scratch"]  # its own checkpoint
+    results = {row: {"mall->street": [_run(0, before[row])]} for row in rows}
+    stale = {line.split(" |")[0][2:] for line in uda_synthetic.table(results).splitlines()
+             if "(stale)" in line and line.startswith("| ")}
+    assert stale == {"student (stale)", "adabn (stale)"}
