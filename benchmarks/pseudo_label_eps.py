@@ -34,6 +34,18 @@ from uda_synthetic import CONFIGS, DIRECTIONS, checkpoint_path, swap_domains  # 
 
 SECTION = "## First pseudo-labels on the synthetic pair"
 KEYS = ("num_clusters", "outlier_fraction", "ari", "pair_precision", "pair_recall")
+LARGEST = ("largest_images", "largest_ids")
+
+
+def largest_cluster(labels: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """Images and true identities in the largest cluster: pair precision counts pairs, so
+    one cluster that chains identities together dominates it."""
+    if not (labels >= 0).any():
+        return {"largest_images": 0.0, "largest_ids": 0.0}
+    biggest = np.bincount(labels[labels >= 0]).argmax()
+    members = labels == biggest
+    return {"largest_images": float(members.sum()),
+            "largest_ids": float(np.unique(ids[members]).size)}
 
 
 def datamodule(reverse: bool) -> CrossDomainDataModule:
@@ -65,7 +77,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = yaml.safe_load((CONFIGS / "direct_transfer.yaml").read_text())["model"]["init_args"]
     rows = ["| direction | features | eps | seeds | clusters | outliers | ARI | pair precision "
-            "| pair recall |", "|---|---|---|---|---|---|---|---|---|"]
+            "| pair recall | largest cluster: images / ids |", "|---" * 10 + "|"]
     num_ids = {}
     for direction, reverse in DIRECTIONS.items():
         dm = datamodule(reverse)
@@ -85,13 +97,17 @@ def main() -> None:
                 num_ids[direction] = len(set(ids.tolist()))
                 dist = jaccard_distance(feats, k1=30, k2=6)
                 for eps in args.eps:
-                    stats[eps].append(pseudo_label_quality(dbscan(dist, eps, 4), ids))
+                    labels = dbscan(dist, eps, 4)
+                    stats[eps].append(pseudo_label_quality(labels, ids) | largest_cluster(
+                        labels, ids))
             for eps, runs in stats.items():
                 if not runs:
                     continue
                 cells = [statistics.fmean(r[k] for r in runs) for k in KEYS]
+                largest = [statistics.fmean(r[k] for r in runs) for k in LARGEST]
                 rows.append(f"| {direction} | {name} | {eps} | {len(runs)} | {cells[0]:.0f} | "
-                            + " | ".join(f"{c:.3f}" for c in cells[1:]) + " |")
+                            + " | ".join(f"{c:.3f}" for c in cells[1:])
+                            + f" | {largest[0]:.0f} / {largest[1]:.0f} |")
     markdown = "\n".join(rows)
     print(markdown)
     if args.write_docs:

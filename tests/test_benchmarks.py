@@ -52,3 +52,13 @@ def test_a_row_is_stale_when_the_checkpoint_it_starts_from_changes(tmp_path, mon
     stale = {line.split(" |")[0][2:] for line in uda_synthetic.table(results).splitlines()
              if "(stale)" in line and line.startswith("| ")}
     assert stale == {"student (stale)", "adabn (stale)"}
+
+
+def test_largest_cluster_counts_its_images_and_true_ids():
+    import numpy as np
+    from pseudo_label_eps import largest_cluster
+
+    labels = np.array([2, 2, 2, 2, 0, 0, -1, -1, -1])  # outliers (-1) are not a cluster
+    ids = np.array([7, 7, 8, 9, 7, 7, 1, 1, 1])
+    assert largest_cluster(labels, ids) == {"largest_images": 4.0, "largest_ids": 3.0}
+    assert largest_cluster(np.full(3, -1), ids[:3]) == {"largest_images": 0.0, "largest_ids": 0.0}
