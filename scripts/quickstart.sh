@@ -5,7 +5,7 @@
 #   2. adapt it to the unlabelled "street" images with SBase
 #      (examples/configs/quickstart_adapt.yaml),
 #   3. print both runs' final metrics side by side.
-# About 12 minutes on 2 CPU cores; the data are generated on first use. Extra arguments go
+# About 15 minutes on 2 CPU cores; the data are generated on first use. Extra arguments go
 # to both `reidlab fit` calls (e.g. --trainer.accelerator gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
