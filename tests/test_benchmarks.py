@@ -62,3 +62,36 @@ def test_largest_cluster_counts_its_images_and_true_ids():
     ids = np.array([7, 7, 8, 9, 7, 7, 1, 1, 1])
     assert largest_cluster(labels, ids) == {"largest_images": 4.0, "largest_ids": 3.0}
     assert largest_cluster(np.full(3, -1), ids[:3]) == {"largest_images": 0.0, "largest_ids": 0.0}
+
+
+def test_readings_say_whether_an_ordering_holds_on_every_seed_the_mean_or_not():
+    from uda_readings import verdict
+
+    assert verdict({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}) == "every seed"
+    assert verdict({0: 0.9, 1: 0.4}, {0: 0.5, 1: 0.5}) == "on the mean only (holds on seed 0)"
+    assert verdict({0: 0.6, 1: 0.1, 2: 0.2}, {0: 0.5, 1: 0.5, 2: 0.5}) == (
+        "does not hold (holds on seed 0)")
+    assert verdict({0: 0.4}, {0: 0.5}) == "does not hold"
+    assert verdict({0: 0.4, 2: 0.9}, {0: 0.3, 1: 0.9}) == "every seed"  # common seeds only
+    assert verdict({0: 0.4}, {1: 0.3}) is None
+
+
+def test_readings_measure_each_seed_against_its_own_direct_transfer_oracle_and_adabn(
+        tmp_path, monkeypatch):
+    from uda_readings import per_seed_table
+
+    monkeypatch.setattr(uda_synthetic, "CONFIGS", tmp_path)
+    for row in ("direct_transfer", "oracle", "adabn", "method"):
+        (tmp_path / f"{row}.yaml").write_text(f"model: {{class_path: {row}}}\n")
+
+    def runs(*maps):
+        return {"mall->street": [_run(s) | {"mAP": m} for s, m in enumerate(maps)]}
+
+    results = {"direct_transfer": runs(0.2, 0.4), "oracle": runs(0.8, 0.9),
+               "adabn": runs(0.5, 0.45), "method": runs(0.65, 0.5)}
+    line = next(x for x in per_seed_table(results).splitlines() if x.startswith("| method"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2] == "65.0 / 50.0 (seeds 0, 1)"
+    assert cells[3] == "57.5"
+    assert cells[4] == f"{0.45 / 0.6:.2f} / {0.1 / 0.5:.2f}"  # (m - dt) / (oracle - dt) per seed
+    assert cells[5] == "+15.0 / +5.0"
