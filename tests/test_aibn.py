@@ -132,3 +132,71 @@ def test_imagenet_style_state_dict_loads_into_converted_layers():
     convert_to_aibn(net)
     torch.testing.assert_close(net.layer4[1].bn2.running_mean,
                                state["layer4.1.bn2.running_mean"])
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_gradients_match_the_hand_computation(training, unbiased):
+    """AIBN's closed-form instance-statistics backward against autograd through the loop
+    reference (x, alpha, gamma, beta), in float64."""
+    x = (torch.randn(4, 3, 5, 2, dtype=torch.float64) * 2 + 1).requires_grad_()
+    upstream = torch.randn(4, 3, 5, 2, dtype=torch.float64)
+    layer = _layer(0.3, unbiased=unbiased).train(training)
+    run = (layer.running_mean.clone(), layer.running_var.clone())
+    (layer(x) * upstream).sum().backward()
+    got = [x.grad, layer.alpha.grad, layer.weight.grad, layer.bias.grad]
+    x_ref = x.detach().clone().requires_grad_()
+    alpha, gamma, beta = (t.detach().clone().requires_grad_()
+                          for t in (layer.alpha, layer.weight, layer.bias))
+    (_reference_differentiable(x_ref, alpha, gamma, beta, *run, training, unbiased)
+     * upstream).sum().backward()
+    for g, ref in zip(got, [x_ref.grad, alpha.grad, gamma.grad, beta.grad], strict=True):
+        torch.testing.assert_close(g, ref)
+
+
+def _reference_differentiable(x, alpha, gamma, beta, run_mean, run_var, training, unbiased,
+                              eps=1e-5):
+    """:func:`_reference` with a tensor alpha, so that autograd reaches it."""
+    n, c = x.shape[:2]
+    w = alpha.clamp(0, 1)
+    rows = []
+    for i in range(n):
+        channels = []
+        for j in range(c):
+            mus = [x[k, j].mean() for k in range(n)]
+            vars_ = [x[k, j].var(unbiased=unbiased) for k in range(n)]
+            if training:
+                mu_bn = sum(mus) / n
+                var_bn = sum(v + m * m for v, m in zip(vars_, mus, strict=True)) / n - mu_bn ** 2
+            else:
+                mu_bn, var_bn = run_mean[j], run_var[j]
+            mu = w * mu_bn + (1 - w) * mus[i]
+            var = w * var_bn + (1 - w) * vars_[i]
+            channels.append(gamma[j] * (x[i, j] - mu) / torch.sqrt(var + eps) + beta[j])
+        rows.append(torch.stack(channels))
+    return torch.stack(rows)
+
+
+def test_channels_last_input_gives_the_same_output_and_gradient():
+    x = torch.randn(4, 6, 5, 3, dtype=torch.float64)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        layer = _layer(0.4, channels=6).train()
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        out = layer(xi)
+        out.square().sum().backward()
+        results.append((out.detach().contiguous(), xi.grad.contiguous(), layer.alpha.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_float32_statistics_stay_accurate_for_a_large_mean():
+    """Activations far from zero (mean / std = 1000): the batch variance must not lose its
+    digits to E[x^2] - E[x]^2 cancellation in float32."""
+    x64 = torch.randn(8, 4, 6, 3, dtype=torch.float64) + 1000.0
+    layer64 = _layer(0.5, channels=4).train()
+    layer32 = _layer(0.5, channels=4).float().train()
+    torch.testing.assert_close(layer32(x64.float()).double(), layer64(x64),
+                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(layer32.running_var.double(), layer64.running_var,
+                               atol=0, rtol=1e-3)

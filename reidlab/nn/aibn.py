@@ -13,6 +13,33 @@ from reidlab.nn.backbones import Backbone
 ALPHA_SHARING = ("block", "layer", "none")
 
 
+class _InstanceStatistics(torch.autograd.Function):
+    """Each sample's per-channel mean and biased variance over H x W, ``(N, C)`` each,
+    with the closed-form gradient ``dx = (g_mu + 2 g_var (x - mu)) / (H W)``.
+
+    The same numbers as ``x.mean((2, 3))`` and ``x.var((2, 3), unbiased=False)``, faster on
+    CPU, where ``torch.var`` over the small maps of a network's last stages is 10-50x
+    slower than two means, and autograd through the two-pass formula adds a broadcast
+    division and accumulation per layer (``benchmarks/aibn_speed.py``). Two passes (centre,
+    then square) keep the variance free of cancellation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = x.mean((2, 3))
+        var = (x - mu[..., None, None]).square().mean((2, 3))
+        ctx.save_for_backward(x, mu)
+        return mu, var
+
+    @staticmethod
+    def backward(ctx, grad_mu: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:
+        # (unused outputs get zero gradients: autograd materialises them by default)
+        x, mu = ctx.saved_tensors
+        hw = x.shape[2] * x.shape[3]
+        return torch.addcmul((grad_mu / hw)[..., None, None], x - mu[..., None, None],
+                             (grad_var * (2 / hw))[..., None, None])
+
+
 class AIBN(nn.BatchNorm2d):
     """Normalisation with a learnt mixture of batch and instance statistics (eq. 12):
 
@@ -55,12 +82,14 @@ class AIBN(nn.BatchNorm2d):
         n, c, h, w = x.shape
         # statistics in (at least) float32, also under mixed precision
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        flat = xf.flatten(2)
-        mu_in = flat.mean(-1)                                   # (N, C)
-        var_in = flat.var(-1, unbiased=self.unbiased and h * w > 1)
+        mu_in, var_in = _InstanceStatistics.apply(xf)          # (N, C) each, biased
+        if self.unbiased and h * w > 1:
+            var_in = var_in * (h * w / (h * w - 1))
         if self.training:
+            # mean(var_in + mu_in^2) - mu_bn^2, written as the law of total variance to
+            # avoid the cancellation of E[x^2] - E[x]^2
             mu_bn = mu_in.mean(0)                               # (C,)
-            var_bn = (var_in + mu_in.square()).mean(0) - mu_bn.square()
+            var_bn = var_in.mean(0) + (mu_in - mu_bn).square().mean(0)
             with torch.no_grad():
                 count = n * h * w
                 self.running_mean.lerp_(mu_bn.detach(), self.momentum)
@@ -74,7 +103,7 @@ class AIBN(nn.BatchNorm2d):
         var = weight * var_bn + (1 - weight) * var_in
         scale = self.weight * torch.rsqrt(var + self.eps)       # (N, C)
         shift = self.bias - mean * scale
-        out = xf * scale[..., None, None] + shift[..., None, None]
+        out = torch.addcmul(shift[..., None, None], xf, scale[..., None, None])
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
