@@ -66,8 +66,8 @@ class ReIDLabArgumentParser(LightningArgumentParser):
 
 def repeated_key(text: str) -> tuple[str, int, int] | None:
     """A key that a mapping of the YAML document ``text`` has twice (the first one found),
-    as its dotted path and the two line numbers (1-based), or None (also for text that is not YAML: the
-    parser reports that itself)."""
+    as its dotted path and the two line numbers (1-based), or None (also for text that is
+    not YAML: the parser reports that itself)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:

@@ -9,7 +9,7 @@ import torch
 from reidlab.callbacks import RetrievalEvaluation
 from reidlab.errors import InputValueError
 from reidlab.export import export_feature_extractor, load_module
-from reidlab.modules import Baseline, SBase
+from reidlab.modules import IICS, Baseline, SBase
 
 NET = {"backbone": "resnet18", "backbone_width": 0.25, "weights": None}
 
@@ -27,6 +27,16 @@ def test_torchscript_export_matches_extract_features(tmp_path):
         path = export_feature_extractor(model, tmp_path / f"{type(model).__name__}.ts", 32, 16)
         exported = torch.jit.load(str(path))
         torch.testing.assert_close(exported(images), model.extract_features(images))
+
+
+def test_torchscript_export_of_aibn_layers(tmp_path):
+    """IICS's AIBN layers trace (their instance statistics as plain tensor operations when
+    no gradient is needed) and give the module's features at another batch size."""
+    torch.manual_seed(0)
+    model = IICS(**NET)
+    path = export_feature_extractor(model, tmp_path / "iics.ts", 32, 16)
+    images = torch.randn(3, 3, 32, 16)
+    torch.testing.assert_close(torch.jit.load(str(path))(images), model.extract_features(images))
 
 
 def test_export_from_a_checkpoint_and_clear_errors(tmp_path):

@@ -26,8 +26,7 @@ class _InstanceStatistics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu = x.mean((2, 3))
-        var = (x - mu[..., None, None]).square().mean((2, 3))
+        mu, var = instance_statistics(x)  # autograd is off inside forward: the plain path
         ctx.save_for_backward(x, mu)
         return mu, var
 
@@ -38,6 +37,16 @@ class _InstanceStatistics(torch.autograd.Function):
         hw = x.shape[2] * x.shape[3]
         return torch.addcmul((grad_mu / hw)[..., None, None], x - mu[..., None, None],
                              (grad_var * (2 / hw))[..., None, None])
+
+
+def instance_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and biased variance over H x W of ``(N, C, H, W)``:
+    through :class:`_InstanceStatistics` when a gradient is needed, else as plain tensor
+    operations (the same arithmetic), which TorchScript tracing and ONNX export can record."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _InstanceStatistics.apply(x)
+    mu = x.mean((2, 3))
+    return mu, (x - mu[..., None, None]).square().mean((2, 3))
 
 
 class AIBN(nn.BatchNorm2d):
@@ -82,7 +91,7 @@ class AIBN(nn.BatchNorm2d):
         n, c, h, w = x.shape
         # statistics in (at least) float32, also under mixed precision
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        mu_in, var_in = _InstanceStatistics.apply(xf)          # (N, C) each, biased
+        mu_in, var_in = instance_statistics(xf)                 # (N, C) each, biased
         if self.unbiased and h * w > 1:
             var_in = var_in * (h * w / (h * w - 1))
         if self.training:
