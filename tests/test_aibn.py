@@ -200,3 +200,11 @@ def test_float32_statistics_stay_accurate_for_a_large_mean():
                                atol=2e-3, rtol=0)
     torch.testing.assert_close(layer32.running_var.double(), layer64.running_var,
                                atol=0, rtol=1e-3)
+
+
+def test_a_second_derivative_raises_instead_of_being_wrong():
+    layer = _layer(0.5).train()
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward"):
+        grad.sum().backward()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from reidlab.nn.backbones import Backbone
 
@@ -31,6 +32,7 @@ class _InstanceStatistics(torch.autograd.Function):
         return mu, var
 
     @staticmethod
+    @once_differentiable  # a second derivative (e.g. an R1 penalty) raises, never wrong
     def backward(ctx, grad_mu: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:
         # (unused outputs get zero gradients: autograd materialises them by default)
         x, mu = ctx.saved_tensors
